@@ -1,0 +1,95 @@
+"""Snapshots of a bridge's accounting: :class:`Stats` and :class:`ShutdownReport`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["ShutdownReport", "Stats"]
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """A consistent snapshot of one bridge in one process.
+
+    The invariant ``accepted == completed + failed + timed_out + cancelled + pending + running``
+    holds in every snapshot. Dropped work was never accepted, so it is outside that sum.
+
+    Attributes:
+        accepted: Coroutines taken on by ``run_soon``/``submit``/``run``.
+        completed: Finished without an exception.
+        failed: Raised an exception.
+        timed_out: Cancelled because they ran past ``task_timeout``.
+        cancelled: Cancelled before finishing: at shutdown, or by the caller (``run`` timeout,
+            ``Future.cancel``).
+        pending: Accepted and waiting to start (the backlog).
+        running: Started and not finished.
+        dropped: Refused coroutines by reason: ``"full"`` (backlog at ``max_pending``) and
+            ``"closed"`` (handed over after shutdown).
+        pid: The process these numbers belong to.
+        loop_running: Whether this process's loop thread is alive.
+    """
+
+    accepted: int = 0
+    completed: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    cancelled: int = 0
+    pending: int = 0
+    running: int = 0
+    dropped: Mapping[str, int] = field(default_factory=lambda: {"full": 0, "closed": 0})
+    pid: int = 0
+    loop_running: bool = False
+
+    @property
+    def dropped_total(self) -> int:
+        """All dropped coroutines, whatever the reason."""
+        return sum(self.dropped.values())
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownReport:
+    """What :func:`asyncbridge.shutdown` did, for the log and for tests.
+
+    Attributes:
+        stats: The final accounting of this process's bridge.
+        cancelled_names: Qualified names of the coroutines cancelled at the deadline (never their
+            arguments, which may carry secrets).
+        abandoned: Coroutines still pending or running when shutdown gave up on an unresponsive
+            loop (one blocked by synchronous code). They are lost with the process.
+        elapsed: Seconds the shutdown took.
+        timeout: The drain deadline it was given, in seconds.
+    """
+
+    stats: Stats
+    cancelled_names: tuple[str, ...] = ()
+    abandoned: int = 0
+    elapsed: float = 0.0
+    timeout: float = 0.0
+
+    @property
+    def clean(self) -> bool:
+        """True when everything accepted finished by itself: nothing cancelled or abandoned."""
+        return not self.cancelled_names and not self.abandoned
+
+    def __str__(self) -> str:
+        s = self.stats
+        parts = [
+            f"asyncbridge shutdown of pid {s.pid} in {self.elapsed:.3f}s"
+            f" (deadline {self.timeout:g}s):",
+            f"accepted={s.accepted} completed={s.completed} failed={s.failed}"
+            f" timed_out={s.timed_out} cancelled={s.cancelled}",
+            f"dropped_full={s.dropped.get('full', 0)} dropped_closed={s.dropped.get('closed', 0)}",
+        ]
+        if self.abandoned:
+            parts.append(f"abandoned={self.abandoned} (the loop did not respond)")
+        if self.cancelled_names:
+            parts.append("cancelled at the deadline: " + _summarize(self.cancelled_names))
+        return " ".join(parts)
+
+
+def _summarize(names: tuple[str, ...]) -> str:
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{name} x{n}" if n > 1 else name for name, n in counts.items())
