@@ -342,6 +342,17 @@ class Bridge:
             return Stats(pid=_getpid())
         return rt.snapshot()
 
+    @staticmethod
+    def current() -> Bridge | None:
+        """The bridge whose loop is running in the calling thread, or None elsewhere."""
+        ident = threading.get_ident()
+        pid = _getpid()
+        for bridge in list(_BRIDGES):
+            rt = bridge._rt
+            if rt.pid == pid and rt.thread_id == ident:
+                return bridge
+        return None
+
     def owns_loop(self) -> bool:
         """True when this process started the bridge's current loop (and not a parent)."""
         rt = self._rt

@@ -1,0 +1,116 @@
+"""One pooled :class:`aiohttp.ClientSession` per process, living on the bridge loop.
+
+Install with ``pip install asyncbridge[aiohttp]``. Inside a coroutine handed to
+:func:`asyncbridge.run_soon` (or ``submit``/``run``)::
+
+    async def notify(user_id: int) -> None:
+        await asyncbridge.aiohttp.post_json(PUSH_URL, {"user": user_id})
+
+The session is created on first use in each process (a forked child gets its own), keeps
+connections alive between calls, and is closed at shutdown after pending work has drained, so
+no "Unclosed client session" warning ever appears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from typing import Any
+
+import aiohttp
+
+from ._bridge import Bridge
+from ._errors import AsyncBridgeError
+
+__all__ = ["configure", "post_json", "session"]
+
+_DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=5, sock_read=20)
+_settings: dict[str, Any] = {
+    "limit": 100,
+    "limit_per_host": 0,
+    "timeout": _DEFAULT_TIMEOUT,
+    "session_kwargs": {},
+}
+_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def configure(
+    *,
+    limit: int = 100,
+    limit_per_host: int = 0,
+    timeout: aiohttp.ClientTimeout = _DEFAULT_TIMEOUT,
+    **session_kwargs: Any,
+) -> None:
+    """Set how sessions created from now on are built.
+
+    Args:
+        limit: Total simultaneous connections in the pool (aiohttp's ``TCPConnector.limit``).
+        limit_per_host: Simultaneous connections per host; 0 for no per-host limit.
+        timeout: Default request timeouts (total 30 s, connect 5 s, read 20 s).
+        **session_kwargs: Passed to :class:`aiohttp.ClientSession`, e.g. ``headers``.
+
+    Raises:
+        ValueError: A negative limit.
+    """
+    if limit < 0 or limit_per_host < 0:
+        raise ValueError("limit and limit_per_host must be 0 (no limit) or more")
+    if not isinstance(timeout, aiohttp.ClientTimeout):
+        raise TypeError(f"timeout must be an aiohttp.ClientTimeout, got {type(timeout).__name__}")
+    _settings.update(
+        limit=limit, limit_per_host=limit_per_host, timeout=timeout, session_kwargs=session_kwargs
+    )
+
+
+def session() -> aiohttp.ClientSession:
+    """This process's shared session, created on first use.
+
+    Returns:
+        The :class:`aiohttp.ClientSession` bound to the bridge loop.
+
+    Raises:
+        AsyncBridgeError: Not called from a coroutine running on a bridge loop (one handed to
+            ``run_soon``, ``submit`` or ``run``); a session belongs to one loop.
+    """
+    bridge = Bridge.current()
+    if bridge is None:
+        raise AsyncBridgeError(
+            "asyncbridge.aiohttp.session() may only be called from a coroutine running on the "
+            "bridge loop: hand the coroutine that uses it to asyncbridge.run_soon() (or submit/run)"
+        )
+    loop = asyncio.get_running_loop()
+    existing = _sessions.get(loop)
+    if existing is not None and not existing.closed:
+        return existing
+    connector = aiohttp.TCPConnector(
+        limit=_settings["limit"], limit_per_host=_settings["limit_per_host"]
+    )
+    created = aiohttp.ClientSession(
+        connector=connector, timeout=_settings["timeout"], **_settings["session_kwargs"]
+    )
+    _sessions[loop] = created
+    bridge.add_close_callback(created.close)
+    return created
+
+
+async def post_json(url: str, payload: Any, **kwargs: Any) -> Any:
+    """POST ``payload`` as JSON with the shared session and return the decoded answer.
+
+    Args:
+        url: Where to post.
+        payload: Anything :func:`json.dumps` accepts.
+        **kwargs: Passed to :meth:`aiohttp.ClientSession.post` (``headers``, ``timeout``...).
+
+    Returns:
+        The response body: decoded JSON when the server says it is JSON, else text.
+
+    Raises:
+        aiohttp.ClientResponseError: The server answered with a 4xx or 5xx status.
+        aiohttp.ClientError: The request failed (connection refused, timeout...).
+    """
+    async with session().post(url, json=payload, **kwargs) as response:
+        response.raise_for_status()
+        if response.content_type == "application/json":
+            return await response.json()
+        return await response.text()
