@@ -423,8 +423,9 @@ class Bridge:
         try:
             rt = self._rt
             if rt.pid != pid:
-                rt = self._replace_runtime(rt, pid)
+                rt = self._new_runtime(rt, pid)
                 rt.closed = rt.finished = True
+                self._rt = rt
             if rt.report is not None:
                 return rt.report
             if rt.loop is None:
@@ -486,7 +487,7 @@ class Bridge:
             rt = self._rt
             if rt.pid == pid:
                 return rt
-            rt = self._replace_runtime(rt, pid)
+            rt = self._new_runtime(rt, pid)
             loop = (self._options.loop_factory or asyncio.new_event_loop)()
             rt.loop = loop
             thread = threading.Thread(
@@ -498,12 +499,12 @@ class Bridge:
             self._rt = rt  # published last: other threads see a runtime with its loop running
             return rt
 
-    def _replace_runtime(self, old: _Runtime, pid: int) -> _Runtime:
+    def _new_runtime(self, old: _Runtime, pid: int) -> _Runtime:
+        """A runtime for this process, not yet published; an inherited one is orphaned."""
         if old.pid != -1 and old.pid != pid:
             _orphan(old)
-        rt = _Runtime(pid)
-        self._rt = rt
-        return rt
+            self._rt = _NOT_STARTED
+        return _Runtime(pid)
 
     def _forget_inherited(self) -> None:
         rt = self._rt

@@ -1,0 +1,64 @@
+"""Shared helpers for the core tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncbridge
+from asyncbridge import Bridge, Stats
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Fork tests run in threaded processes on purpose; Python 3.12+ warns about exactly that.
+FORK_WARNING = "ignore:This process .* is multi-threaded, use of fork:DeprecationWarning"
+
+
+def assert_invariant(stats: Stats) -> None:
+    """accepted == completed + failed + timed_out + cancelled + pending + running."""
+    total = (
+        stats.completed
+        + stats.failed
+        + stats.timed_out
+        + stats.cancelled
+        + stats.pending
+        + stats.running
+    )
+    assert stats.accepted == total, stats
+
+
+@contextlib.contextmanager
+def fresh_bridge(shutdown_timeout: float = 5, **options: Any) -> Iterator[Bridge]:
+    """A bridge that is always shut down afterwards, with its invariant checked."""
+    bridge = Bridge(**options)
+    try:
+        yield bridge
+    finally:
+        report = bridge.shutdown(shutdown_timeout)
+        assert_invariant(report.stats)
+
+
+async def sleeper(seconds: float, result: object = None) -> object:
+    await asyncio.sleep(seconds)
+    return result
+
+
+def run_python(code: str, timeout: float = 60, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter with the project importable; bounded in time."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+        **kwargs,
+    )
+
+
+__all__ = ["FORK_WARNING", "ROOT", "assert_invariant", "asyncbridge", "fresh_bridge", "sleeper"]

@@ -1,0 +1,483 @@
+"""The Bridge: hand-off, results, shutdown, backpressure, timeouts, hooks, accounting."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from asyncbridge import AsyncBridgeError, BacklogFull, Bridge, BridgeClosed
+from asyncbridge._bridge import SHUTDOWN_MARGIN
+
+from .helpers import assert_invariant, fresh_bridge, sleeper
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
+
+
+async def record(into: list[Any], value: Any) -> None:
+    into.append(value)
+
+
+async def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+async def forever() -> None:
+    await asyncio.Event().wait()
+
+
+# -- run_soon ----------------------------------------------------------------------------------
+
+
+def test_run_soon_starts_the_loop_lazily_and_runs_the_coroutine() -> None:
+    with fresh_bridge() as bridge:
+        assert not bridge.stats().loop_running
+        seen: list[int] = []
+        assert bridge.run_soon(record(seen, 1)) is True
+        assert bridge.drain(5)
+        assert seen == [1]
+        s = bridge.stats()
+        assert (s.accepted, s.completed, s.pending, s.running) == (1, 1, 0, 0)
+        assert s.loop_running
+
+
+def test_loop_thread_is_a_daemon_named_after_the_pid() -> None:
+    with fresh_bridge() as bridge:
+        bridge.start()
+        threads = [t for t in threading.enumerate() if t.name.startswith("asyncbridge-")]
+        mine = [t for t in threads if t.ident == bridge._rt.thread_id]
+        assert len(mine) == 1
+        assert mine[0].daemon
+        assert mine[0].name == f"asyncbridge-{bridge.stats().pid}"
+
+
+def test_start_is_idempotent() -> None:
+    with fresh_bridge() as bridge:
+        bridge.start()
+        loop = bridge.get_loop()
+        bridge.start()
+        assert bridge.get_loop() is loop
+
+
+def test_the_coroutine_sees_the_callers_context_variables() -> None:
+    seen: list[str] = []
+
+    async def read_context() -> None:
+        seen.append(request_id.get())
+
+    with fresh_bridge() as bridge:
+        token = request_id.set("req-42")
+        try:
+            bridge.run_soon(read_context())
+        finally:
+            request_id.reset(token)
+        bridge.run_soon(read_context())
+        assert bridge.drain(5)
+    assert seen == ["req-42", "none"]
+
+
+def test_a_failing_coroutine_is_logged_once_counted_and_passed_to_on_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    errors: list[tuple[BaseException, str]] = []
+    with fresh_bridge(on_error=lambda exc, name: errors.append((exc, name))) as bridge:
+        with caplog.at_level(logging.ERROR, logger="asyncbridge"):
+            bridge.run_soon(fail("boom"))
+            assert bridge.drain(5)
+        s = bridge.stats()
+        assert (s.accepted, s.failed, s.completed) == (1, 1, 0)
+    failures = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert len(failures) == 1
+    assert "fail" in failures[0].getMessage()
+    assert failures[0].exc_info is not None and "boom" in str(failures[0].exc_info[1])
+    assert len(errors) == 1
+    assert isinstance(errors[0][0], ValueError) and errors[0][1] == "fail"
+
+
+def test_logs_name_the_coroutine_but_never_show_its_arguments(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def send(token: str) -> None:
+        raise ConnectionError("refused")
+
+    with fresh_bridge(max_pending=1) as bridge, caplog.at_level(logging.DEBUG, "asyncbridge"):
+        bridge.run_soon(send("s3cr3t-token"))
+        assert bridge.drain(5)
+        bridge._rt.running = 1  # make the backlog look full for one refusal
+        try:
+            bridge.run_soon(send("s3cr3t-token"))
+        finally:
+            bridge._rt.running = 0
+    text = caplog.text
+    assert "send" in text
+    assert "s3cr3t-token" not in text
+
+
+def test_an_on_error_hook_that_raises_is_logged_and_swallowed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def bad_hook(exc: BaseException, name: str) -> None:
+        raise RuntimeError("hook broke")
+
+    with fresh_bridge(on_error=bad_hook) as bridge, caplog.at_level(logging.ERROR, "asyncbridge"):
+        bridge.run_soon(fail("x"))
+        assert bridge.drain(5)
+        assert bridge.run(sleeper(0, "still alive"), timeout=5) == "still alive"
+    assert any("on_error hook" in r.getMessage() for r in caplog.records)
+
+
+def test_sixteen_threads_calling_run_soon_at_once_are_counted_exactly() -> None:
+    per_thread = 2_000
+    done: list[int] = []
+    barrier = threading.Barrier(16)
+
+    async def job(i: int) -> None:
+        done.append(i)
+
+    def hammer() -> None:
+        barrier.wait(5)
+        for i in range(per_thread):
+            assert bridge.run_soon(job(i))
+
+    with fresh_bridge(max_pending=100_000) as bridge:
+        threads = [threading.Thread(target=hammer) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert bridge.drain(30)
+        s = bridge.stats()
+        assert s.accepted == s.completed == len(done) == 16 * per_thread
+        assert s.dropped_total == 0
+        assert_invariant(s)
+
+
+# -- submit and run ----------------------------------------------------------------------------
+
+
+def test_submit_returns_a_future_with_the_result() -> None:
+    with fresh_bridge() as bridge:
+        future = bridge.submit(sleeper(0.01, 7))
+        assert isinstance(future, concurrent.futures.Future)
+        assert future.result(5) == 7
+
+
+def test_submit_carries_the_exception_and_counts_a_failure_without_logging(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with fresh_bridge() as bridge, caplog.at_level(logging.ERROR, "asyncbridge"):
+        future = bridge.submit(fail("nope"))
+        with pytest.raises(ValueError, match="nope"):
+            future.result(5)
+        assert bridge.stats().failed == 1
+    assert not [r for r in caplog.records if "failed" in r.getMessage()]
+
+
+def test_cancelling_a_submitted_future_cancels_the_running_coroutine() -> None:
+    started = threading.Event()
+
+    async def waits() -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    with fresh_bridge() as bridge:
+        future = bridge.submit(waits())
+        assert started.wait(5)
+        assert future.cancel()
+        with pytest.raises(concurrent.futures.CancelledError):
+            future.result(5)
+        assert bridge.drain(5)
+        s = bridge.stats()
+        assert (s.cancelled, s.running) == (1, 0)
+
+
+def test_run_returns_the_result_and_raises_the_coroutines_own_exception() -> None:
+    with fresh_bridge() as bridge:
+        assert bridge.run(sleeper(0.01, "ok")) == "ok"
+        with pytest.raises(ValueError, match="mine"):
+            bridge.run(fail("mine"))
+
+
+def test_run_timeout_cancels_the_task_and_raises_timeout_error() -> None:
+    with fresh_bridge() as bridge:
+        with pytest.raises(TimeoutError):
+            bridge.run(sleeper(30), timeout=0.1)
+        assert bridge.drain(5)
+        s = bridge.stats()
+        assert (s.cancelled, s.running, s.pending) == (1, 0, 0)
+
+
+def test_run_from_the_loop_thread_fails_at_once_instead_of_deadlocking() -> None:
+    with fresh_bridge() as bridge:
+
+        async def nested() -> str:
+            try:
+                bridge.run(sleeper(0, "never"))
+            except AsyncBridgeError as exc:
+                return str(exc)
+            return "no error"
+
+        message = bridge.run(nested(), timeout=5)
+        assert "await" in message and "loop thread" in message
+
+
+def test_run_inside_another_running_loop_says_to_await() -> None:
+    with fresh_bridge() as bridge:
+
+        async def in_other_loop() -> None:
+            bridge.run(sleeper(0))
+
+        with pytest.raises(AsyncBridgeError, match="await"):
+            asyncio.run(in_other_loop())
+
+
+# -- shutdown ----------------------------------------------------------------------------------
+
+
+def test_shutdown_drains_a_thousand_slow_coroutines_when_the_deadline_allows() -> None:
+    bridge = Bridge(max_concurrency=None)
+    for _ in range(1000):
+        assert bridge.run_soon(sleeper(0.2))
+    report = bridge.shutdown(timeout=10)
+    s = report.stats
+    assert (s.accepted, s.completed, s.cancelled, s.pending, s.running) == (1000, 1000, 0, 0, 0)
+    assert report.clean and report.abandoned == 0
+    assert report.elapsed < 10
+    assert_invariant(s)
+
+
+def test_shutdown_cancels_and_names_what_the_deadline_does_not_allow(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bridge = Bridge(max_concurrency=5)
+    for _ in range(5):
+        bridge.run_soon(sleeper(0.05))
+    for _ in range(3):
+        bridge.run_soon(forever())
+    for _ in range(4):
+        bridge.run_soon(sleeper(0.01))  # queued behind the concurrency limit
+    with caplog.at_level(logging.INFO, "asyncbridge"):
+        report = bridge.shutdown(timeout=0.5)
+    s = report.stats
+    assert s.accepted == 12
+    assert s.completed == 9
+    assert s.cancelled == 3
+    assert report.cancelled_names == ("forever",) * 3
+    assert not report.clean
+    assert_invariant(s)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("forever x3" in r.getMessage() for r in warnings)
+
+
+def test_queued_work_never_started_is_cancelled_counted_and_closed_at_the_deadline() -> None:
+    bridge = Bridge(max_concurrency=1)
+    bridge.run_soon(forever())
+    for _ in range(10):
+        bridge.run_soon(sleeper(0))
+    report = bridge.shutdown(timeout=0.2)
+    s = report.stats
+    assert (s.accepted, s.cancelled, s.completed) == (11, 11, 0)
+    assert sorted(report.cancelled_names) == ["forever"] + ["sleeper"] * 10
+    assert_invariant(s)
+
+
+def test_shutdown_is_bounded_even_when_a_coroutine_blocks_the_loop() -> None:
+    async def blocks() -> None:
+        time.sleep(4)  # noqa: ASYNC251 - blocking the loop is the point
+
+    bridge = Bridge()
+    bridge.run_soon(blocks())
+    time.sleep(0.1)
+    started = time.monotonic()
+    report = bridge.shutdown(timeout=0.5)
+    elapsed = time.monotonic() - started
+    assert elapsed < 0.5 + SHUTDOWN_MARGIN + 0.3
+    assert report.abandoned == 1
+    assert report.stats.running == 1
+    assert_invariant(report.stats)
+
+
+def test_shutdown_is_idempotent_and_returns_the_same_report() -> None:
+    bridge = Bridge()
+    bridge.run_soon(sleeper(0))
+    first = bridge.shutdown(5)
+    assert bridge.shutdown(5) is first
+
+
+def test_shutdown_of_a_bridge_that_never_started_is_empty_and_closes_it() -> None:
+    bridge = Bridge()
+    report = bridge.shutdown(1)
+    assert report.stats.accepted == 0 and report.clean
+    assert bridge.run_soon(sleeper(0)) is False
+    assert bridge.stats().dropped == {"full": 0, "closed": 1}
+
+
+def test_after_shutdown_run_soon_drops_and_submit_raises(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    dropped: list[tuple[str, str]] = []
+    bridge = Bridge(on_drop=lambda name, reason: dropped.append((name, reason)))
+    bridge.run_soon(sleeper(0))
+    bridge.shutdown(5)
+    with caplog.at_level(logging.WARNING, "asyncbridge"):
+        assert bridge.run_soon(sleeper(0)) is False
+        assert bridge.run_soon(sleeper(0)) is False
+    with pytest.raises(BridgeClosed):
+        bridge.submit(sleeper(0))
+    with pytest.raises(BridgeClosed):
+        bridge.start()
+    s = bridge.stats()
+    assert s.dropped == {"full": 0, "closed": 3}
+    assert s.accepted == 1
+    assert dropped == [("sleeper", "closed")] * 3
+    # the warning is rate-limited: one for the two run_soon drops
+    assert len([r for r in caplog.records if "dropped" in r.getMessage()]) == 1
+
+
+def test_shutdown_closes_async_generators_and_the_default_executor() -> None:
+    closed: list[str] = []
+
+    async def agen() -> AsyncIterator[int]:
+        try:
+            yield 1
+            yield 2
+        finally:
+            closed.append("agen")
+
+    async def uses_both() -> None:
+        gen = agen()
+        await gen.__anext__()
+        await asyncio.get_running_loop().run_in_executor(None, time.sleep, 0)
+
+    bridge = Bridge()
+    bridge.run(uses_both(), timeout=5)
+    report = bridge.shutdown(5)
+    assert closed == ["agen"]
+    assert report.clean
+    assert not report.stats.loop_running
+
+
+def test_shutdown_from_the_loop_thread_closes_admission_without_deadlock() -> None:
+    bridge = Bridge()
+
+    async def shut() -> bool:
+        bridge.shutdown(1)
+        return bridge.run_soon(sleeper(0))
+
+    assert bridge.run(shut(), timeout=5) is False
+    assert bridge.shutdown(5).stats.completed == 1
+
+
+# -- backpressure ------------------------------------------------------------------------------
+
+
+def test_full_backlog_drops_by_default_closes_the_coroutine_and_calls_on_drop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    dropped: list[tuple[str, str]] = []
+    with fresh_bridge(
+        0.1, max_pending=3, max_concurrency=1, on_drop=lambda n, r: dropped.append((n, r))
+    ) as bridge:
+        with caplog.at_level(logging.WARNING, "asyncbridge"):
+            results = [bridge.run_soon(forever()) for _ in range(5)]
+        assert results == [True, True, True, False, False]
+        s = bridge.stats()
+        assert s.accepted == 3 and s.dropped == {"full": 2, "closed": 0}
+        assert dropped == [("forever", "full")] * 2
+        assert_invariant(s)
+    assert len([r for r in caplog.records if "backlog is full" in r.getMessage()]) == 1
+
+
+def test_full_backlog_raises_backlog_full_when_asked() -> None:
+    with fresh_bridge(0.1, max_pending=1, on_full="raise") as bridge:
+        assert bridge.run_soon(forever())
+        with pytest.raises(BacklogFull, match="max_pending"):
+            bridge.run_soon(forever())
+        with pytest.raises(BacklogFull):
+            bridge.submit(forever())
+        assert bridge.stats().dropped["full"] == 2
+
+
+def test_submit_raises_backlog_full_even_under_the_drop_policy() -> None:
+    with fresh_bridge(0.1, max_pending=1) as bridge:
+        bridge.run_soon(forever())
+        with pytest.raises(BacklogFull):
+            bridge.submit(forever())
+
+
+def test_block_policy_waits_for_room_then_accepts() -> None:
+    with fresh_bridge(max_pending=2, on_full="block", block_timeout=5) as bridge:
+        bridge.run_soon(sleeper(0.2))
+        bridge.run_soon(sleeper(0.2))
+        started = time.monotonic()
+        assert bridge.run_soon(sleeper(0)) is True
+        waited = time.monotonic() - started
+        assert 0.1 < waited < 5
+        assert bridge.drain(5)
+        assert bridge.stats().completed == 3
+
+
+def test_block_policy_drops_after_block_timeout() -> None:
+    with fresh_bridge(0.1, max_pending=1, on_full="block", block_timeout=0.2) as bridge:
+        bridge.run_soon(forever())
+        started = time.monotonic()
+        assert bridge.run_soon(forever()) is False
+        assert time.monotonic() - started >= 0.2
+        assert bridge.stats().dropped["full"] == 1
+
+
+def test_max_concurrency_bounds_running_coroutines_and_keeps_order() -> None:
+    order: list[int] = []
+    peak = 0
+    running = 0
+
+    async def job(i: int) -> None:
+        nonlocal peak, running
+        running += 1
+        peak = max(peak, running)
+        order.append(i)
+        await asyncio.sleep(0.01)
+        running -= 1
+
+    with fresh_bridge(max_concurrency=3) as bridge:
+        for i in range(30):
+            bridge.run_soon(job(i))
+        assert bridge.drain(10)
+    assert peak == 3
+    assert order == list(range(30))
+
+
+# -- task_timeout ------------------------------------------------------------------------------
+
+
+def test_task_timeout_is_enforced_counted_and_reported() -> None:
+    errors: list[tuple[BaseException, str]] = []
+    with fresh_bridge(task_timeout=0.1, on_error=lambda e, n: errors.append((e, n))) as bridge:
+        bridge.run_soon(forever())
+        bridge.run_soon(sleeper(0.01))
+        assert bridge.drain(5)
+        s = bridge.stats()
+        assert (s.timed_out, s.completed, s.cancelled) == (1, 1, 0)
+        future = bridge.submit(forever())
+        with pytest.raises(TimeoutError):
+            future.result(5)
+    assert len(errors) == 1
+    assert isinstance(errors[0][0], TimeoutError) and errors[0][1] == "forever"
+
+
+def test_configure_changes_options_and_rejects_bad_ones() -> None:
+    with fresh_bridge() as bridge:
+        bridge.configure(max_pending=5, on_full="raise")
+        assert bridge.options.max_pending == 5
+        with pytest.raises(TypeError, match="unknown asyncbridge option 'max_pendng'"):
+            bridge.configure(max_pendng=5)
+        with pytest.raises(ValueError, match="max_pending"):
+            bridge.configure(max_pending=0)
+        assert bridge.options.max_pending == 5

@@ -1,0 +1,113 @@
+"""Options: defaults, validation with messages that name the option, environment variables."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from asyncbridge import Bridge, Options
+from asyncbridge._config import options_from_env
+
+
+def test_defaults() -> None:
+    o = Options()
+    assert (o.max_pending, o.max_concurrency, o.on_full) == (10_000, 100, "drop")
+    assert (o.drain_timeout, o.task_timeout, o.block_timeout) == (10.0, None, 1.0)
+    assert o.loop_factory is None and o.on_error is None and o.on_drop is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "error", "match"),
+    [
+        ("max_pending", 0, ValueError, "max_pending must be at least 1"),
+        ("max_pending", "10", TypeError, "max_pending must be an int, got str"),
+        ("max_pending", True, TypeError, "max_pending must be an int"),
+        ("max_concurrency", -1, ValueError, "max_concurrency"),
+        ("on_full", "wait", ValueError, "on_full must be one of 'drop', 'raise', 'block'"),
+        ("drain_timeout", -1, ValueError, "drain_timeout"),
+        ("drain_timeout", float("nan"), ValueError, "drain_timeout"),
+        ("task_timeout", 0, ValueError, "task_timeout must be a finite number of seconds greater"),
+        ("block_timeout", "1s", TypeError, "block_timeout must be a number of seconds"),
+        ("loop_factory", "uvloop", TypeError, "loop_factory must be callable"),
+        ("on_error", 3, TypeError, "on_error must be callable"),
+        (
+            "max_pendng",
+            1,
+            TypeError,
+            "unknown asyncbridge option 'max_pendng'; known options: max_pending",
+        ),
+    ],
+)
+def test_bad_values_name_the_option(
+    name: str, value: object, error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        Bridge(**{name: value})
+
+
+def test_environment_sets_every_kind_of_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {
+        "ASYNCBRIDGE_MAX_PENDING": "50",
+        "ASYNCBRIDGE_MAX_CONCURRENCY": "none",
+        "ASYNCBRIDGE_ON_FULL": "Block",
+        "ASYNCBRIDGE_BLOCK_TIMEOUT": "0.5",
+        "ASYNCBRIDGE_DRAIN_TIMEOUT": "3",
+        "ASYNCBRIDGE_TASK_TIMEOUT": "2.5",
+        "ASYNCBRIDGE_LOOP_FACTORY": "asyncio:new_event_loop",
+        "ASYNCBRIDGE_ON_ERROR": "logging.exception",
+        "ASYNCBRIDGE_ON_DROP": "none",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    o = Bridge().options
+    assert (o.max_pending, o.max_concurrency, o.on_full) == (50, None, "block")
+    assert (o.block_timeout, o.drain_timeout, o.task_timeout) == (0.5, 3.0, 2.5)
+    assert o.loop_factory is asyncio.new_event_loop
+    assert o.on_error is logging.exception
+    assert o.on_drop is None
+
+
+def test_explicit_options_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASYNCBRIDGE_MAX_PENDING", "50")
+    assert Bridge(max_pending=7).options.max_pending == 7
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "match"),
+    [
+        ("ASYNCBRIDGE_MAX_PENDING", "lots", "ASYNCBRIDGE_MAX_PENDING must be a whole number"),
+        ("ASYNCBRIDGE_DRAIN_TIMEOUT", "-2", "ASYNCBRIDGE_DRAIN_TIMEOUT='-2'"),
+        ("ASYNCBRIDGE_ON_FULL", "sometimes", "on_full must be one of"),
+        ("ASYNCBRIDGE_LOOP_FACTORY", "no_such_module_xyz.f", "cannot be imported"),
+        ("ASYNCBRIDGE_LOOP_FACTORY", "nodots", "must be a dotted path"),
+    ],
+)
+def test_bad_environment_values_name_the_variable(key: str, raw: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        options_from_env({key: raw})
+
+
+def test_unknown_environment_variables_are_warned_about_and_ignored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, "asyncbridge"):
+        assert options_from_env({"ASYNCBRIDGE_DRAIN_TIMOUT": "3", "OTHER": "x"}) == {}
+    assert "ASYNCBRIDGE_DRAIN_TIMOUT" in caplog.text  # the known names are listed
+    assert "ignoring unknown environment variable ASYNCBRIDGE_DRAIN_TIMOUT" in caplog.text
+
+
+def test_loop_factory_makes_the_loop() -> None:
+    made: list[asyncio.AbstractEventLoop] = []
+
+    def factory() -> asyncio.AbstractEventLoop:
+        loop = asyncio.new_event_loop()
+        made.append(loop)
+        return loop
+
+    bridge = Bridge(loop_factory=factory)
+    try:
+        assert bridge.get_loop() is made[0]
+    finally:
+        bridge.shutdown(2)
