@@ -1,0 +1,132 @@
+"""Sphinx configuration: furo, MyST Markdown, autodoc. Built with warnings as errors."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from asyncbridge import __version__  # noqa: E402
+
+project = "asyncbridge"
+author = "asyncbridge maintainers"
+copyright = "asyncbridge maintainers"
+release = __version__
+version = ".".join(__version__.split(".")[:2])
+
+extensions = [
+    "myst_parser",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.viewcode",
+]
+source_suffix = {".md": "markdown"}
+exclude_patterns = ["_build", "examples", "Thumbs.db", ".DS_Store"]
+myst_enable_extensions = ["colon_fence", "deflist"]
+myst_heading_anchors = 3
+
+html_theme = "furo"
+html_title = f"asyncbridge {release}"
+html_static_path = ["_static"] if (Path(__file__).parent / "_static").is_dir() else []
+
+# Every cross-reference must resolve: a broken one fails the build.
+nitpicky = True
+nitpick_ignore_regex = [
+    # Third-party and standard-library targets: there is no network for intersphinx here.
+    ("py:class", r"(aiohttp|asyncio|concurrent|collections|contextvars|types|typing)\..*"),
+    ("py:class", r"(gunicorn|_pytest|pytest)\..*"),
+    ("py:(class|exc|func|meth|mod|data|obj)", r"(aiohttp|asyncio|json|pytest|gunicorn|uwsgi)\b.*"),
+    ("py:(exc|class)", r"(TimeoutError|RuntimeError|TypeError|ValueError|BaseException)"),
+    ("py:class", r"(T|Any|Coroutine|Mapping|Callable|Literal|Future|Self)"),
+    # Private aliases in signatures; the configuration page documents what they accept.
+    ("py:class", r"asyncbridge\._\w+\.\w+"),
+    ("py:class", r"(OnFull|ErrorHook|DropHook|LoopFactory)"),
+    # Type variables of generic signatures.
+    ("py:class", r"(asyncbridge\.[\w.]+\.)?[TB]"),
+    # An instance attribute (set in __init__), which autodoc cannot list.
+    ("py:attr", r"errors"),
+]
+
+autodoc_member_order = "bysource"
+autodoc_typehints = "signature"
+autodoc_preserve_defaults = True
+# uWSGI provides these only inside its own process.
+autodoc_mock_imports = ["uwsgi", "uwsgidecorators"]
+autodoc_default_options: dict[str, Any] = {"members": True, "show-inheritance": True}
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_rtype = False
+
+# The API reference covers the public modules. Adapters arrive in their own commits, and some
+# import a server package (gunicorn, uwsgi) that is only present inside that server; the page
+# lists each module that exists, so the build passes before and after it lands.
+API_MODULES = (
+    ("asyncbridge", "The core: hand-off, lifecycle, configuration, accounting."),
+    ("asyncbridge.gunicorn", "gunicorn hooks for a config file."),
+    ("asyncbridge.uwsgi", "uWSGI integration, called from the app module."),
+    ("asyncbridge.aiohttp", "One pooled aiohttp session per process (`asyncbridge[aiohttp]`)."),
+    ("asyncbridge.pytest_plugin", "Fixtures for testing an app that uses asyncbridge."),
+)
+
+
+def available_api_modules() -> list[tuple[str, str]]:
+    """The API modules whose source exists in this checkout."""
+    return [
+        (name, summary)
+        for name, summary in API_MODULES
+        if importlib.util.find_spec(name) is not None
+    ]
+
+
+def _api_sections() -> str:
+    parts = []
+    for name, summary in available_api_modules():
+        parts.append(
+            f"## `{name}`\n\n{summary}\n\n"
+            f"```{{eval-rst}}\n.. automodule:: {name}\n   :members:\n   :show-inheritance:\n```\n"
+        )
+    return "\n".join(parts)
+
+
+GUIDES_TOCTREE = """```{toctree}
+:maxdepth: 1
+:caption: Guides
+:glob:
+
+guides/*
+```"""
+
+
+def _guides_toctree() -> str:
+    # Sphinx warns (an error here) about a glob that matches nothing, and the guides arrive
+    # one by one: the Guides section appears with the first of them.
+    guides = Path(__file__).parent / "guides"
+    return GUIDES_TOCTREE if any(guides.glob("*.md")) else ""
+
+
+def _fill_placeholders(app: Any, docname: str, source: list[str]) -> None:
+    if docname == "api":
+        source[0] = source[0].replace("<!-- api-modules -->", _api_sections())
+    elif docname == "index":
+        source[0] = source[0].replace("<!-- guides-toctree -->", _guides_toctree())
+
+
+def _keep_property_summary(
+    app: Any, what: str, name: str, obj: Any, options: Any, lines: list[str]
+) -> None:
+    # napoleon reads a property docstring's first line "text: more" as "type: description".
+    # Breaking the line after the colon keeps it prose; this runs before napoleon (priority 500).
+    # leading blank line makes it plain prose again (before napoleon, which runs at priority 500).
+    if what == "property" and lines and ": " in lines[0]:
+        head, _, tail = lines[0].partition(": ")
+        lines[0:1] = [head + ":", tail]
+
+
+def setup(app: Any) -> None:
+    app.connect("source-read", _fill_placeholders)
+    app.connect("autodoc-process-docstring", _keep_property_summary, priority=400)
