@@ -1,0 +1,307 @@
+"""asyncbridge.gunicorn with a real gunicorn master and workers, and a real aiohttp sink.
+
+Every request of ``tests/e2e/apps/notify_app.py`` hands one notification to the bridge. Each
+worker writes its final ``stats()`` to a JSON file after the adapter's ``worker_exit`` drained
+it, so a test can compare what the workers accepted with what the sink received.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import statistics
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.procs import PYTHON, Server, free_port, http_get, running, wait_http
+from tests.e2e.sink import Sink, wait_until
+
+pytestmark = pytest.mark.e2e
+
+APP = "tests.e2e.apps.notify_app:app"
+
+CONF = """\
+import json, os, dataclasses
+import asyncbridge
+from asyncbridge.gunicorn import (
+    chain, post_fork, post_worker_init, worker_abort, worker_exit, worker_int,
+)
+
+def record_stats(server, worker):
+    if worker.pid != os.getpid():
+        return
+    s = dataclasses.asdict(asyncbridge.stats())
+    with open(os.path.join({stats_dir!r}, f"{{os.getpid()}}.json"), "w") as f:
+        json.dump(s, f)
+
+worker_exit = chain(worker_exit, record_stats)
+bind = "127.0.0.1:{port}"
+workers = {workers}
+worker_class = {worker_class!r}
+threads = {threads}
+preload_app = {preload}
+graceful_timeout = 20
+timeout = 30
+loglevel = "info"
+control_socket_disable = True  # gunicorn 27: one shared default path for every master
+{extra}
+"""
+
+
+@dataclass
+class Load:
+    """What a load generator saw: answers by status, and latencies of the 200s."""
+
+    ok: int = 0
+    errors: int = 0
+    latencies: list[float] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def one(self, url: str) -> None:
+        started = time.monotonic()
+        try:
+            status, _ = http_get(url, timeout=10)
+        except OSError:
+            status = 0
+        elapsed = time.monotonic() - started
+        with self.lock:
+            if status == 200:
+                self.ok += 1
+                self.latencies.append(elapsed)
+            else:
+                self.errors += 1
+
+
+def fire(url: str, n: int, concurrency: int = 4, load: Load | None = None) -> Load:
+    """Send ``n`` GETs with ``concurrency`` clients and wait for all of them."""
+    load = load or Load()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(lambda _: load.one(url), range(n)))
+    return load
+
+
+@contextlib.contextmanager
+def gunicorn(
+    tmp_path: Path,
+    sink: Sink,
+    *,
+    worker_class: str = "sync",
+    workers: int = 2,
+    threads: int = 1,
+    preload: bool = False,
+    extra: str = "",
+    env: dict[str, str] | None = None,
+) -> Iterator[tuple[Server, str, Path]]:
+    """A gunicorn master serving notify_app; yields (server, base url, stats directory)."""
+    port = free_port()
+    stats_dir = tmp_path / "stats"
+    stats_dir.mkdir()
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(
+        CONF.format(
+            stats_dir=str(stats_dir),
+            port=port,
+            workers=workers,
+            worker_class=worker_class,
+            threads=threads,
+            preload=preload,
+            extra=textwrap.dedent(extra),
+        )
+    )
+    full_env = {"NOTIFY_SINK_URL": sink.url, **(env or {})}
+    argv = [PYTHON, "-m", "gunicorn", "-c", str(conf), APP]
+    with running(argv, log=tmp_path / "gunicorn.log", env=full_env) as server:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/stats", 30, server.proc)
+        yield server, base, stats_dir
+
+
+def stop(server: Server, signum: int = signal.SIGTERM, timeout: float = 40) -> str:
+    """Signal the master, wait for it to exit, and return its log."""
+    server.signal(signum)
+    code = server.wait(timeout)
+    out = server.output()
+    assert code == 0, out[-4000:]
+    return out
+
+
+def worker_stats(stats_dir: Path) -> list[dict[str, int]]:
+    return [json.loads(p.read_text()) for p in sorted(stats_dir.glob("*.json"))]
+
+
+def total(stats: list[dict[str, int]], key: str) -> int:
+    return sum(s[key] for s in stats)
+
+
+def assert_balanced(stats: list[dict[str, int]]) -> None:
+    for s in stats:
+        parts = ("completed", "failed", "timed_out", "cancelled", "pending", "running")
+        assert s["accepted"] == sum(s[k] for k in parts), s
+        assert s["pending"] == s["running"] == 0, s
+
+
+WORKER_KINDS = [
+    pytest.param({"worker_class": "sync"}, id="sync"),
+    pytest.param({"worker_class": "sync", "preload": True}, id="sync-preload"),
+    pytest.param({"worker_class": "gthread", "threads": 8}, id="gthread-8"),
+    pytest.param({"worker_class": "gevent"}, id="gevent"),
+]
+
+
+@pytest.mark.parametrize("kind", WORKER_KINDS)
+def test_requests_return_before_the_sink_answers_and_every_notification_arrives(
+    tmp_path: Path, kind: dict[str, Any]
+) -> None:
+    n = 200
+    with Sink(delay=0.1) as sink, gunicorn(tmp_path, sink, **kind) as (server, base, stats_dir):
+        load = fire(base + "/", n, concurrency=8)
+        out = stop(server)
+        stats = worker_stats(stats_dir)
+    assert load.ok == n and load.errors == 0
+    # A request that waited for the sink would take at least its 100 ms delay.
+    assert statistics.median(load.latencies) < 0.05, statistics.median(load.latencies)
+    assert_balanced(stats)
+    assert len(stats) == 2
+    assert total(stats, "accepted") == n
+    assert total(stats, "completed") == n
+    assert sink.received == n
+    assert sink.duplicates() == 0
+    assert out.count("asyncbridge shutdown of pid") == 2
+
+
+def test_preload_trap_app_with_its_own_loop_in_the_master_still_delivers(
+    tmp_path: Path,
+) -> None:
+    n = 100
+    with (
+        Sink() as sink,
+        gunicorn(tmp_path, sink, preload=True, env={"NOTIFY_TRAP": "1"}) as (
+            server,
+            base,
+            stats_dir,
+        ),
+    ):
+        load = fire(base + "/", n)
+        started = time.monotonic()
+        out = stop(server, timeout=30)
+        stop_seconds = time.monotonic() - started
+        stats = worker_stats(stats_dir)
+    assert load.ok == n
+    assert_balanced(stats)
+    assert total(stats, "accepted") == total(stats, "completed") == sink.received == n
+    assert sink.duplicates() == 0
+    # Nothing hangs: the workers drained at once and the master did not wait out a timeout.
+    assert stop_seconds < 15, out[-3000:]
+    assert "WORKER TIMEOUT" not in out and "SIGKILL" not in out
+
+
+def _continuous_load(url: str, load: Load, stop_event: threading.Event, clients: int) -> None:
+    def client() -> None:
+        while not stop_event.is_set():
+            load.one(url)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    stop_event.wait()
+    for t in threads:
+        t.join(15)
+
+
+@pytest.mark.parametrize("hup", [False, True], ids=["recycle", "recycle-and-hup"])
+def test_max_requests_recycling_under_load_then_sigterm_loses_nothing(
+    tmp_path: Path, hup: bool
+) -> None:
+    extra = """
+    max_requests = 50
+    max_requests_jitter = 10
+    """
+    with (
+        Sink(delay=0.02) as sink,
+        gunicorn(tmp_path, sink, extra=extra) as (server, base, stats_dir),
+    ):
+        load = Load()
+        done = threading.Event()
+        loader = threading.Thread(target=_continuous_load, args=(base + "/", load, done, 4))
+        loader.start()
+        try:
+            assert wait_until(lambda: load.ok >= 150, 30), load.ok
+            if hup:
+                server.signal(signal.SIGHUP)
+                assert wait_until(lambda: "Hang up" in server.output(), 10)
+            assert wait_until(lambda: load.ok >= 350, 30), load.ok
+        finally:
+            done.set()
+            loader.join(20)
+        out = stop(server)
+        stats = worker_stats(stats_dir)
+    assert_balanced(stats)
+    recycled = out.count("Autorestarting worker")
+    assert recycled >= 4, out[-3000:]
+    # Every worker that ever ran wrote its stats: recycled, reloaded and final ones.
+    assert len(stats) == out.count("Booting worker with pid")
+    accepted = total(stats, "accepted")
+    assert accepted == load.ok
+    assert total(stats, "completed") == accepted
+    assert sink.received == accepted
+    assert sink.duplicates() == 0
+
+
+def test_sigint_quick_path_drains_what_fits_and_reports_the_rest(tmp_path: Path) -> None:
+    fast_n, slow_n = 10, 6
+    with (
+        Sink(delay=0.2) as fast,
+        Sink(delay=3) as slow,
+        gunicorn(tmp_path, fast, env={"NOTIFY_SLOW_SINK_URL": slow.url}) as (
+            server,
+            base,
+            stats_dir,
+        ),
+    ):
+        fire(base + "/?slow", slow_n)
+        fire(base + "/", fast_n)
+        started = time.monotonic()
+        out = stop(server, signal.SIGINT, timeout=20)
+        stop_seconds = time.monotonic() - started
+        stats = worker_stats(stats_dir)
+        # The slow ones had reached the sink (running, not pending) when they were cancelled.
+        assert wait_until(lambda: slow.requests == slow_n, 5)
+    assert_balanced(stats)
+    assert total(stats, "accepted") == fast_n + slow_n
+    # The fast ones fit into the quick deadline; the slow ones were cancelled and are named.
+    assert fast.received == total(stats, "completed") == fast_n
+    assert total(stats, "cancelled") == slow_n
+    assert "asyncbridge: SIGINT/SIGQUIT in worker" in out
+    assert out.count("cancelled at the deadline: post_json") >= 1
+    assert stop_seconds < 10, out[-3000:]
+
+
+@pytest.mark.parametrize("how", ["failing", "refusing"])
+def test_a_failing_or_refusing_sink_leaves_requests_alone_and_counts_failures(
+    tmp_path: Path, how: str
+) -> None:
+    n = 30
+    with Sink(status=500) as sink, gunicorn(tmp_path, sink) as (server, base, stats_dir):
+        if how == "refusing":
+            sink.status = 200
+            sink.refuse()
+        load = fire(base + "/", n)
+        out = stop(server)
+        stats = worker_stats(stats_dir)
+    assert load.ok == n and load.errors == 0
+    assert statistics.median(load.latencies) < 0.05
+    assert_balanced(stats)
+    assert total(stats, "accepted") == total(stats, "failed") == n
+    assert sink.received == 0
+    assert out.count("asyncbridge task post_json failed") == n
+    expected = "ClientResponseError" if how == "failing" else "ClientConnectorError"
+    assert out.count(expected) >= n
