@@ -3,7 +3,10 @@
 import logging
 import os
 
-import asyncbridge
+# Each worker gets its own loop; worker_exit drains it under a deadline below gunicorn's
+# timeouts and logs the drain report; worker_int and worker_abort shorten that deadline on the
+# quick exit paths.
+from asyncbridge.gunicorn import post_fork, post_worker_init, worker_abort, worker_exit, worker_int
 
 wsgi_app = "demo.app:app"
 bind = os.environ.get("DEMO_APP_BIND", "127.0.0.1:8000")
@@ -17,21 +20,12 @@ graceful_timeout = 10
 # once would fight over it, and the demo does not use it. Older versions ignore the name.
 control_socket_disable = True
 
-# A worker's exit drain must end well before gunicorn kills it (graceful_timeout, and timeout
-# once the worker stops heartbeating).
-asyncbridge.configure(drain_timeout=5.0)
-
-# gunicorn configures only its own loggers; without this, the drain report that asyncbridge logs
-# at worker exit (INFO on the "asyncbridge" logger) would not be shown.
+# gunicorn configures only its own loggers. This shows asyncbridge's warnings (a push that
+# failed, work dropped) in the same format; the drain report goes to gunicorn's log.
 logging.basicConfig(
-    level=logging.INFO,
+    level=logging.WARNING,
     format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s",
     datefmt="[%Y-%m-%d %H:%M:%S %z]",
 )
 
-
-def worker_exit(server, worker):  # type: ignore[no-untyped-def]
-    # gunicorn also calls worker_exit in the master when a worker is already gone; only the
-    # process that started the loop may drain it.
-    if asyncbridge.default_bridge().owns_loop():
-        asyncbridge.shutdown()
+__all__ = ["post_fork", "post_worker_init", "worker_abort", "worker_exit", "worker_int"]

@@ -31,7 +31,7 @@ from .traffic import Result, send_hits
 __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parents[1]
-REPORT = re.compile(r"asyncbridge shutdown of pid \d+ .*")
+REPORT = re.compile(r"asyncbridge shutdown of pid (\d+) .*")
 logger = logging.getLogger("demo.run")
 
 
@@ -63,15 +63,15 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], what: str, timeout: flo
     raise RuntimeError(f"{what} did not answer {url} within {timeout:g}s")
 
 
-def _forward(stream: IO[bytes], reports: list[str]) -> None:
+def _forward(stream: IO[bytes], reports: dict[int, str]) -> None:
     """Copy gunicorn's log to ours, keeping the asyncbridge drain reports for the summary."""
     for raw in stream:
         line = raw.decode(errors="replace")
         sys.stderr.write(line)
         sys.stderr.flush()
         found = REPORT.search(line)
-        if found:
-            reports.append(found.group(0))
+        if found:  # one per worker, even if it is logged twice (a report that is not clean)
+            reports.setdefault(int(found.group(1)), found.group(0))
     stream.close()
 
 
@@ -117,7 +117,7 @@ class _Demo:
         self.interrupts = 0
         self.hub: subprocess.Popen[bytes] | None = None
         self.gunicorn: subprocess.Popen[bytes] | None = None
-        self.reports: list[str] = []
+        self.reports: dict[int, str] = {}
         self.forwarder: threading.Thread | None = None
         self.traffic: Result | None = None
         self.traffic_done = threading.Event()
@@ -246,8 +246,8 @@ class _Demo:
 
     def summary(self, counts: dict[str, Any] | None, died: bool) -> int:
         ok = not died and counts is not None
-        print("\nasyncbridge drain reports (one per gunicorn worker that used the loop):")
-        for report in self.reports or ["(none: no worker pushed anything)"]:
+        print("\nasyncbridge drain reports (one per gunicorn worker):")
+        for report in list(self.reports.values()) or ["(none found in gunicorn's log)"]:
             print(f"  {report}")
         if counts is not None:
             paths = ", ".join(f"{p}={n}" for p, n in sorted(counts["paths"].items()))
@@ -262,9 +262,8 @@ class _Demo:
             if r.failed or lost > 0:
                 print(f"NOT OK: {max(lost, 0)} accepted hits did not reach the hub")
                 ok = False
-        if any(
-            "abandoned=" in line or "cancelled at the deadline" in line for line in self.reports
-        ):
+        unclean = ("abandoned=", "cancelled at the deadline")
+        if any(word in line for line in self.reports.values() for word in unclean):
             ok = False
         print("demo stopped cleanly" if ok else "demo stopped with errors", flush=True)
         return 0 if ok else 1
