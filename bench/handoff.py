@@ -62,12 +62,18 @@ class Result:
     row: str
     calls: list[int]  # caller ns per call
     e2e: list[int]  # ns from hand-off start to job run; empty when the job never runs
+    # burst: ns from the first hand-off until the last job ran, per job (throughput);
+    # caller only: ns from releasing the parked loop until the last job ran, per job (loop cost).
+    per_job: float = float("nan")
 
     def us(self, q: float) -> float:
         return percentile(self.calls, q) / 1000
 
     def mean_us(self) -> float:
         return statistics.fmean(self.calls) / 1000
+
+    def per_job_us(self) -> float:
+        return self.per_job / 1000
 
     def e2e_us(self, q: float) -> float:
         return percentile(self.e2e, q) / 1000 if self.e2e else float("nan")
@@ -246,12 +252,19 @@ def _measure(name: str, n: int, *, regime: str) -> Result:
                 starts[i] = t0
                 calls[i] = t1 - t0
         finally:
+            released = now()
             if release is not None:
                 release()
         if name == FLOOR:
             return Result(name, calls, [])
         wait_for(lambda: 0 not in done, 120, f"{name}: all {n} jobs to run")
-    return Result(name, calls, [d - s for d, s in zip(done, starts, strict=True)])
+    origin = released if release is not None else starts[0]
+    return Result(
+        name,
+        calls,
+        [d - s for d, s in zip(done, starts, strict=True)],
+        (max(done) - origin) / n,
+    )
 
 
 def _measure_paced(n: int, pause: float) -> dict[str, Result]:
@@ -374,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                     p50 / base,
                     _median_of(results, lambda r: r.e2e_us(50)),
                     _median_of(results, lambda r: r.e2e_us(99)),
+                    _median_of(results, Result.per_job_us),
                 ]
             )
         return out
@@ -386,11 +400,14 @@ def main(argv: list[str] | None = None) -> int:
         "p50 / run_soon",
         "e2e p50 us",
         "e2e p99 us",
+        "wall per job us",
     ]
     print_table("burst (loop running)", header, rows_of(burst, RUN_SOON))
-    caller_header = [*header[:4], "p50 / floor", *header[5:]]
+    caller_header = [*header[:4], "p50 / floor", *header[5:7], "loop drain per job us"]
     print_table("caller only (loop parked)", caller_header, rows_of(caller, FLOOR))
-    print_table("paced (idle loop woken per call)", header, rows_of(paced, RUN_SOON))
+    print_table(
+        "paced (idle loop woken per call)", header[:7], [r[:7] for r in rows_of(paced, RUN_SOON)]
+    )
 
     def p50(table: dict[str, list[Result]], name: str) -> float:
         return _median_of(table[name], lambda r: r.us(50))
