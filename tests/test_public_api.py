@@ -1,0 +1,88 @@
+"""The public face of asyncbridge: ``__all__`` is exactly the public names, each documented."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import subprocess
+import sys
+import types
+
+import pytest
+
+import asyncbridge
+
+
+def _public_names() -> set[str]:
+    return {
+        name
+        for name, value in vars(asyncbridge).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+
+
+def test_all_is_sorted_without_duplicates() -> None:
+    assert list(asyncbridge.__all__) == sorted(set(asyncbridge.__all__))
+
+
+def test_all_lists_exactly_the_public_attributes() -> None:
+    # anyio's test_all_attributes idea: nothing public is missing from __all__, and __all__
+    # names nothing that is private, a submodule, or absent.
+    declared = set(asyncbridge.__all__) - {"__version__"}
+    assert declared == _public_names()
+    for name in asyncbridge.__all__:
+        assert hasattr(asyncbridge, name), name
+
+
+def test_version_is_a_string() -> None:
+    assert isinstance(asyncbridge.__version__, str)
+    assert asyncbridge.__version__.split(".")[0].isdigit()
+
+
+@pytest.mark.parametrize("name", sorted(_public_names()))
+def test_every_public_callable_has_a_docstring(name: str) -> None:
+    obj = getattr(asyncbridge, name)
+    assert callable(obj), name
+    assert inspect.getdoc(obj), f"asyncbridge.{name} has no docstring"
+    if inspect.isclass(obj):
+        for attr, member in vars(obj).items():
+            if attr.startswith("_"):
+                continue
+            if isinstance(member, property | types.FunctionType | staticmethod | classmethod):
+                assert inspect.getdoc(member), f"asyncbridge.{name}.{attr} has no docstring"
+
+
+ADAPTERS = (
+    "asyncbridge.aiohttp",
+    "asyncbridge.gunicorn",
+    "asyncbridge.pytest_plugin",
+    "asyncbridge.uwsgi",
+)
+
+
+@pytest.mark.parametrize("module_name", ADAPTERS)
+def test_adapter_all_is_sorted_and_documented(module_name: str) -> None:
+    if importlib.util.find_spec(module_name) is None:
+        pytest.skip(f"{module_name} is not written yet")
+    module = importlib.import_module(module_name)
+    assert inspect.getdoc(module), f"{module_name} has no module docstring"
+    exported = list(module.__all__)
+    assert exported == sorted(set(exported))
+    for name in exported:
+        obj = getattr(module, name)
+        if callable(obj):
+            assert inspect.getdoc(obj), f"{module_name}.{name} has no docstring"
+
+
+def test_importing_asyncbridge_loads_no_adapter() -> None:
+    # Each adapter pulls in something optional (a server, aiohttp, pytest); the core must not.
+    code = (
+        "import sys, asyncbridge; "
+        "print(sorted(m for m in sys.modules if m in {'aiohttp', 'gunicorn', 'uwsgi', 'pytest'} "
+        "or m.startswith('asyncbridge.') and not m.startswith('asyncbridge._')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]"
