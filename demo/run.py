@@ -50,11 +50,15 @@ def _get_json(url: str, timeout: float = 2.0) -> Any:
         return json.loads(response.read())
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float) -> None:
+def _wait_ready(
+    url: str, proc: subprocess.Popen[bytes], what: str, timeout: float, stop: threading.Event
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with status {proc.returncode} while starting")
+        if stop.is_set():
+            raise RuntimeError(f"stopped while waiting for {what} to start")
         try:
             _get_json(url, timeout=1.0)
             return
@@ -122,6 +126,7 @@ class _Demo:
         self.traffic: Result | None = None
         self.traffic_done = threading.Event()
         self.traffic_thread: threading.Thread | None = None
+        self.up = False
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.interrupts += 1
@@ -151,7 +156,7 @@ class _Demo:
             cwd=ROOT,
             env=env,
         )
-        _wait_ready(f"{hub_url}/api/counts", self.hub, "the hub", 20)
+        _wait_ready(f"{hub_url}/api/counts", self.hub, "the hub", 20, self.stopping)
         env.update(
             DEMO_APP_BIND=f"{a.host}:{app_port}", DEMO_HUB_URL=hub_url, DEMO_WORKERS=str(a.workers)
         )
@@ -166,7 +171,7 @@ class _Demo:
             target=_forward, args=(self.gunicorn.stderr, self.reports), daemon=True
         )
         self.forwarder.start()
-        _wait_ready(f"{app_url}/stats", self.gunicorn, "gunicorn", 30)
+        _wait_ready(f"{app_url}/stats", self.gunicorn, "gunicorn", 30, self.stopping)
         return hub_url, app_url
 
     def banner(self, hub_url: str, app_url: str) -> None:
@@ -245,6 +250,9 @@ class _Demo:
         return counts
 
     def summary(self, counts: dict[str, Any] | None, died: bool) -> int:
+        if not self.up and not died:
+            print("demo stopped before it was up", flush=True)
+            return 0
         ok = not died and counts is not None
         print("\nasyncbridge drain reports (one per gunicorn worker):")
         for report in list(self.reports.values()) or ["(none found in gunicorn's log)"]:
@@ -281,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         hub_url, app_url = demo.start()
         demo.banner(hub_url, app_url)
+        demo.up = True
         if args.traffic > 0:
             demo.traffic_thread = threading.Thread(
                 target=demo.send_traffic, args=(app_url,), daemon=True
@@ -290,8 +299,9 @@ def main(argv: list[str] | None = None) -> None:
             demo.traffic_done.set()
         died = demo.wait()
     except RuntimeError as exc:
-        logger.error("%s", exc)
-        died = True
+        # Ctrl-C while the servers start is a normal way out, not a failure.
+        died = not demo.stopping.is_set()
+        (logger.error if died else logger.info)("%s", exc)
     counts = demo.stop(hub_url)
     raise SystemExit(demo.summary(counts, died))
 
