@@ -305,3 +305,26 @@ def test_a_failing_or_refusing_sink_leaves_requests_alone_and_counts_failures(
     assert out.count("asyncbridge task post_json failed") == n
     expected = "ClientResponseError" if how == "failing" else "ClientConnectorError"
     assert out.count(expected) >= n
+
+
+def test_the_example_config_serves_and_drains(tmp_path: Path) -> None:
+    n = 40
+    port = free_port()
+    conf = Path(__file__).resolve().parents[2] / "gunicorn.conf.example.py"
+    argv = [PYTHON, "-m", "gunicorn", "-c", str(conf), "--no-control-socket", APP]
+    env = {"NOTIFY_SINK_URL": "", "BIND": f"127.0.0.1:{port}"}
+    with Sink(delay=0.05) as sink:
+        env["NOTIFY_SINK_URL"] = sink.url
+        with running(argv, log=tmp_path / "gunicorn.log", env=env) as server:
+            base = f"http://127.0.0.1:{port}"
+            wait_http(base + "/stats", 30, server.proc)
+            load = fire(base + "/", n)
+            out = stop(server)
+    assert load.ok == n
+    assert sink.received == n
+    reports = [line for line in out.splitlines() if "asyncbridge shutdown of pid" in line]
+    assert len(reports) == 2, out[-3000:]
+    assert all("[INFO]" in line and "(deadline 10s)" in line for line in reports), reports
+    handed = [line for line in out.splitlines() if "coroutines to asyncbridge" in line]
+    assert len(handed) == 2
+    assert sum(int(line.split(" handed ")[1].split()[0]) for line in handed) == n
