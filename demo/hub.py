@@ -45,8 +45,9 @@ _CLOSE = None  # put in a subscriber's queue to end its stream
 class Hub:
     """Counts signed events and fans them out to Server-Sent Events subscribers."""
 
-    def __init__(self, secret: bytes) -> None:
+    def __init__(self, secret: bytes, *, delay: float = 0.0) -> None:
         self._secret = secret
+        self.delay = delay
         self.paths: collections.Counter[str] = collections.Counter()
         self.total = 0
         self.ids: set[str] = set()
@@ -78,6 +79,8 @@ class Hub:
             event_id = str(event["id"])
         except (ValueError, KeyError, TypeError):
             return web.json_response({"error": "expected JSON with id and path"}, status=400)
+        if self.delay:  # a slow push service: work is still in flight when the app stops
+            await asyncio.sleep(self.delay)
         if event_id in self.ids:
             self.duplicates += 1
         self.ids.add(event_id)
@@ -144,13 +147,14 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-def make_app(secret: bytes | None = None) -> web.Application:
+def make_app(secret: bytes | None = None, *, delay: float = 0.0) -> web.Application:
     """The hub's aiohttp application.
 
     Args:
         secret: The shared secret events must be signed with; defaults to :func:`load_secret`.
+        delay: Seconds to wait before answering each accepted event (a slow service).
     """
-    hub = Hub(load_secret() if secret is None else secret)
+    hub = Hub(load_secret() if secret is None else secret, delay=delay)
     app = web.Application(client_max_size=_MAX_BODY)
     app["hub"] = hub
     app.router.add_post("/events", hub.post_event)
@@ -162,8 +166,8 @@ def make_app(secret: bytes | None = None) -> web.Application:
     return app
 
 
-async def _serve(host: str, port: int, *, managed: bool) -> None:
-    app = make_app()
+async def _serve(host: str, port: int, *, managed: bool, delay: float) -> None:
+    app = make_app(delay=delay)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -206,11 +210,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8001, help="port (0: any free port)")
     parser.add_argument(
+        "--delay", type=float, default=0.0, help="seconds to wait before accepting each event"
+    )
+    parser.add_argument(
         "--managed", action="store_true", help="ignore SIGINT; stop on SIGTERM (used by demo.run)"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [hub] %(levelname)s %(message)s")
-    asyncio.run(_serve(args.host, args.port, managed=args.managed))
+    asyncio.run(_serve(args.host, args.port, managed=args.managed, delay=args.delay))
 
 
 if __name__ == "__main__":

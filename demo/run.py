@@ -105,6 +105,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--rate", type=float, default=20.0, help="hits per second for --traffic (0: no limit)"
     )
     parser.add_argument(
+        "--hub-delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="make the hub this slow to accept each push, to watch Ctrl-C drain work in flight",
+    )
+    parser.add_argument(
         "--exit-after",
         type=float,
         default=None,
@@ -151,6 +158,7 @@ class _Demo:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
         env["PYTHONUNBUFFERED"] = "1"
         hub_argv = ["-m", "demo.hub", "--managed", "--host", a.host, "--port", str(hub_port)]
+        hub_argv += ["--delay", str(a.hub_delay)]
         self.hub = subprocess.Popen(
             [sys.executable, *hub_argv],
             cwd=ROOT,

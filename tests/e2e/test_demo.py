@@ -227,6 +227,33 @@ def test_demo_stops_cleanly_when_ctrl_c_reaches_the_whole_process_group(tmp_path
     assert secret not in output
 
 
+def test_demo_sigint_drains_pushes_still_in_flight_to_the_hub(tmp_path: Path) -> None:
+    secret = _secret()
+    server, hub_port, app_port = _start_demo(tmp_path, secret, "--workers", "1", "--hub-delay", "2")
+    try:
+        wait_http(f"http://127.0.0.1:{hub_port}/api/counts", 20, server.proc)
+        wait_http(f"http://127.0.0.1:{app_port}/stats", 30, server.proc)
+        for _ in range(30):
+            status, _ = _request(app_port, "POST", "/track?path=/docs")
+            assert status == 202
+        status, body = _request(app_port, "GET", "/stats")
+        in_flight = json.loads(body)
+        assert in_flight["accepted"] == 30
+        assert in_flight["pending"] + in_flight["running"] >= 1  # the hub holds each for 2 s
+
+        server.signal(signal.SIGINT)
+        assert server.wait(45) == 0
+        output = server.output()
+    finally:
+        server.stop()
+    reports = _reports(output)
+    assert len(reports) == 1, output[-3000:]
+    assert reports[0][1:] == (30, 30, 0, 0, 0, 0, 0)
+    assert "hub: 30 hits received (/docs=30)" in output
+    assert "demo stopped cleanly" in output
+    assert secret not in output
+
+
 def test_demo_non_interactive_mode_sends_traffic_and_exits_zero(tmp_path: Path) -> None:
     secret = _secret()
     server, _, _ = _start_demo(
