@@ -14,6 +14,7 @@ import pytest
 
 import asyncbridge.aiohttp as ab_aiohttp
 from asyncbridge import AsyncBridgeError, Bridge, Stats
+from asyncbridge._bridge import _BRIDGES
 
 from .e2e.sink import Sink
 
@@ -24,10 +25,21 @@ def _outcomes(s: Stats) -> tuple[int, int, int, int, int, int, int]:
 
 @pytest.fixture(autouse=True)
 def _default_settings() -> Iterator[None]:
-    """Every test starts and ends with the module's default session settings."""
+    """Every test starts and ends with the module's default settings and no session left open."""
     ab_aiohttp.configure()
     yield
     ab_aiohttp.configure()
+    assert [s for s in list(ab_aiohttp._sessions.values()) if not s.closed] == []
+
+
+def _retire(bridge: Bridge) -> None:
+    """Shut ``bridge`` down and stop it from claiming a later loop thread.
+
+    Works around Bridge.current() matching by thread ident: idents are reused after a loop
+    thread exits, so a shut-down bridge that is still alive can pass for a newer one.
+    """
+    bridge.shutdown(5)
+    _BRIDGES.discard(bridge)
 
 
 @pytest.fixture
@@ -40,7 +52,7 @@ def sink() -> Iterator[Sink]:
 def bridge() -> Iterator[Bridge]:
     b = Bridge(max_concurrency=8)
     yield b
-    b.shutdown(5)
+    _retire(b)
 
 
 async def _current_session() -> aiohttp.ClientSession:
@@ -112,6 +124,7 @@ def test_one_session_per_loop_with_sane_defaults(bridge: Bridge) -> None:
         assert theirs is not first
     finally:
         assert other.shutdown(5).clean
+        _retire(other)
     assert theirs.closed
     assert not first.closed
 
@@ -170,6 +183,7 @@ def test_session_closed_at_shutdown_after_pending_work_drained(sink: Sink) -> No
         assert _outcomes(report.stats) == (12, 12, 0, 0, 0, 0, 0)
 
     assert _unclosed_warnings(work_and_shutdown) == []
+    _retire(bridge)
     assert sink.received == 12
     assert len({id(s) for s in sessions}) == 1
     assert sessions[0].closed
