@@ -38,6 +38,7 @@ logger = logging.getLogger("demo.hub")
 STATIC = Path(__file__).resolve().parent / "static"
 _MAX_BODY = 16 * 1024
 _SUBSCRIBER_BACKLOG = 1000
+_RECENT_IDS = 100_000
 _KEEPALIVE_S = 15.0
 _CLOSE = None  # put in a subscriber's queue to end its stream
 
@@ -50,7 +51,8 @@ class Hub:
         self.delay = delay
         self.paths: collections.Counter[str] = collections.Counter()
         self.total = 0
-        self.ids: set[str] = set()
+        # Recent event ids, to count duplicates; bounded so that a long run does not grow.
+        self._recent_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.duplicates = 0
         self.rejected = 0
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
@@ -81,9 +83,11 @@ class Hub:
             return web.json_response({"error": "expected JSON with id and path"}, status=400)
         if self.delay:  # a slow push service: work is still in flight when the app stops
             await asyncio.sleep(self.delay)
-        if event_id in self.ids:
+        if event_id in self._recent_ids:
             self.duplicates += 1
-        self.ids.add(event_id)
+        self._recent_ids[event_id] = None
+        if len(self._recent_ids) > _RECENT_IDS:
+            self._recent_ids.popitem(last=False)
         self.paths[path] += 1
         self.total += 1
         message = {

@@ -151,6 +151,16 @@ def test_hub_accepts_only_events_signed_with_the_shared_secret(tmp_path: Path) -
             assert (hit["id"], hit["path"], hit["count"], hit["total"]) == ("a-1", "/pricing", 1, 1)
             counts = _counts(port)
             assert (counts["total"], counts["paths"], counts["rejected"]) == (1, {"/pricing": 1}, 5)
+            assert counts["duplicates"] == 0
+
+            # A replayed event is still validly signed: counted, and flagged as a duplicate.
+            status, _ = _request(
+                port, "POST", "/events", body, {**json_type, HEADER: _signature(secret, body)}
+            )
+            assert status == 202
+            assert stream.next_event()[1]["total"] == 2
+            counts = _counts(port)
+            assert (counts["total"], counts["duplicates"]) == (2, 1)
         finally:
             stream.close()
         hub.signal(signal.SIGTERM)
