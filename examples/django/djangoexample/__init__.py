@@ -1,0 +1,1 @@
+"""A minimal Django project that hands notifications to asyncbridge from a view."""
