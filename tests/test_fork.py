@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import mmap
 import multiprocessing
 import os
 import threading
@@ -11,11 +12,32 @@ import time
 
 import pytest
 
-from asyncbridge import Bridge
+from asyncbridge import Bridge, _bridge
 
 from .helpers import FORK_WARNING, assert_invariant, sleeper
 
 pytestmark = pytest.mark.filterwarnings(FORK_WARNING)
+
+
+@pytest.fixture(params=["wipe-on-fork page", "pid comparison"])
+def fork_detection(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run every fork test with the kernel's fork marker and with the PID fallback alone."""
+    if request.param == "pid comparison":
+        monkeypatch.setattr(_bridge, "_fork_marker", lambda: bytearray(1))
+    else:
+        assert isinstance(_bridge._fork_marker(), mmap.mmap), "this kernel lacks WIPEONFORK"
+    return str(request.param)
+
+
+def test_the_fork_marker_reads_one_here_and_zero_in_a_forked_child() -> None:
+    marker = _bridge._fork_marker()
+    assert isinstance(marker, mmap.mmap)
+    assert marker[0] == 1
+    pid = os.fork()
+    if pid == 0:
+        os._exit(10 + marker[0])
+    assert _wait_child(pid, 10) == 10
+    assert marker[0] == 1
 
 
 def _wait_child(pid: int, timeout: float) -> int:
@@ -31,6 +53,7 @@ def _wait_child(pid: int, timeout: float) -> int:
     pytest.fail(f"child {pid} did not exit within {timeout}s (deadlock?)")
 
 
+@pytest.mark.usefixtures("fork_detection")
 def test_child_gets_a_fresh_loop_and_never_runs_the_parents_queued_work() -> None:
     bridge = Bridge(max_concurrency=1)
     ran_in: list[int] = []
@@ -87,6 +110,7 @@ def test_child_gets_a_fresh_loop_and_never_runs_the_parents_queued_work() -> Non
     assert ran_in == [os.getpid()] * 5
 
 
+@pytest.mark.usefixtures("fork_detection")
 def test_two_hundred_forks_while_four_threads_hammer_run_soon() -> None:
     bridge = Bridge(max_pending=2_000)
     stop = threading.Event()
@@ -145,6 +169,7 @@ def _child_uses_run_soon(queue: multiprocessing.Queue[tuple[int, int, int]]) -> 
     queue.put((os.getpid(), report.stats.completed, len(done)))
 
 
+@pytest.mark.usefixtures("fork_detection")
 def test_multiprocessing_fork_children_can_use_run_soon() -> None:
     import asyncbridge
 
