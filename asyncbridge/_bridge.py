@@ -322,7 +322,10 @@ class Bridge:
                 "run() was called from the bridge's own event loop thread, where blocking would "
                 "deadlock; use `await` on the coroutine instead"
             )
-        if asyncio._get_running_loop() is not None:
+        running = asyncio._get_running_loop()
+        # Under gevent with the bridge loop in a greenlet, asyncio's running-loop slot is per OS
+        # thread, so request greenlets see the bridge loop as "running": that one may block.
+        if running is not None and running is not rt.loop:
             _close_quietly(coro)
             raise AsyncBridgeError(
                 "run() was called from a thread with a running event loop, which it would block; "

@@ -481,3 +481,11 @@ def test_configure_changes_options_and_rejects_bad_ones() -> None:
         with pytest.raises(ValueError, match="max_pending"):
             bridge.configure(max_pending=0)
         assert bridge.options.max_pending == 5
+
+
+@pytest.mark.asyncio
+async def test_async_code_awaits_a_submitted_future_and_is_refused_run() -> None:
+    with fresh_bridge() as bridge:
+        assert await asyncio.wrap_future(bridge.submit(sleeper(0.01, "awaited"))) == "awaited"
+        with pytest.raises(AsyncBridgeError, match="just `await` the coroutine"):
+            bridge.run(sleeper(0))
