@@ -30,6 +30,7 @@ import pytest
 from . import _bridge
 from ._api import set_default_bridge
 from ._bridge import Bridge
+from ._config import options_from_env
 from ._errors import AsyncBridgeError
 
 __all__ = [
@@ -63,7 +64,9 @@ class RecordingBridge(Bridge):
     def __init__(self, **options: Any) -> None:
         self.errors: list[tuple[str, BaseException]] = []
         self._errors_lock = threading.Lock()
-        self._user_on_error = options.pop("on_error", None)
+        # An on_error from ASYNCBRIDGE_ON_ERROR still runs: the recorder takes the option's
+        # place and calls it.
+        self._user_on_error = options.pop("on_error", options_from_env().get("on_error"))
         super().__init__(**options, on_error=self._record)
 
     def _record(self, exc: BaseException, name: str) -> None:

@@ -237,3 +237,32 @@ def test_eager_fixture_runs_each_coroutine_before_run_soon_returns(
 ) -> None:
     result = run(inner, EAGER)
     result.assert_outcomes(passed=5)
+
+
+def test_on_error_hook_from_the_environment_still_runs(
+    inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ASYNCBRIDGE_ON_ERROR", "test_inner.hook")
+    result = run(
+        inner,
+        """
+        import asyncbridge
+
+        seen = []
+
+
+        def hook(exc, name):
+            seen.append(name)
+
+
+        async def boom():
+            raise ValueError("x")
+
+
+        def test_env_hook_and_recording(asyncbridge_eager):
+            asyncbridge.run_soon(boom())
+            assert seen == ["boom"]
+            assert [type(e) for e in asyncbridge_eager.exceptions] == [ValueError]
+        """,
+    )
+    result.assert_outcomes(passed=1)
