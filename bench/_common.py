@@ -7,8 +7,15 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# So that a fresh clone finds asyncbridge and the shared e2e harness without an install.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 __all__ = [
+    "ROOT",
     "machine",
     "percentile",
     "print_table",

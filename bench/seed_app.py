@@ -1,0 +1,113 @@
+"""The seed scenario's WSGI app: one notification per request, sent the way ``SEED_MODE`` says.
+
+Environment: ``SEED_MODE`` (ceiling, blocking, thread, naive, asyncbridge), ``SEED_SINK`` (the
+sink's URL), ``SEED_OUT`` (a directory; each worker writes ``<pid>.json`` with how many
+notifications it accepted, when it exits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import itertools
+import json
+import os
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import requests
+
+import asyncbridge
+import asyncbridge.aiohttp
+
+MODE = os.environ.get("SEED_MODE", "ceiling")
+SINK = os.environ.get("SEED_SINK", "http://127.0.0.1:9/notify")
+OUT = Path(os.environ.get("SEED_OUT", "."))
+MODES = ("ceiling", "blocking", "thread", "naive", "asyncbridge")
+
+_ids = itertools.count()
+_accepted = 0
+_pid = os.getpid()
+_session: requests.Session | None = None
+_naive_loop: asyncio.AbstractEventLoop | None = None
+_naive_session: aiohttp.ClientSession | None = None
+_naive_lock = threading.Lock()
+
+
+def _post_blocking(payload: dict[str, Any]) -> None:
+    global _session
+    if _session is None:
+        _session = requests.Session()  # one per worker: keep-alive to the sink
+    _session.post(SINK, json=payload, timeout=10).raise_for_status()
+
+
+def _post_in_thread(payload: dict[str, Any]) -> None:
+    requests.post(SINK, json=payload, timeout=10).raise_for_status()
+
+
+async def _post_naive(payload: dict[str, Any]) -> None:
+    global _naive_session
+    if _naive_session is None:
+        _naive_session = aiohttp.ClientSession()
+    async with _naive_session.post(SINK, json=payload) as response:
+        response.raise_for_status()
+
+
+def _naive() -> asyncio.AbstractEventLoop:
+    # What people write first: a loop in a daemon thread, started lazily in each worker.
+    global _naive_loop
+    with _naive_lock:
+        if _naive_loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, daemon=True).start()
+            _naive_loop = loop
+        return _naive_loop
+
+
+async def _post_bridge(payload: dict[str, Any]) -> None:
+    await asyncbridge.aiohttp.post_json(SINK, payload)
+
+
+def _notify(payload: dict[str, Any]) -> bool:
+    if MODE == "blocking":
+        _post_blocking(payload)
+        return True
+    if MODE == "thread":
+        threading.Thread(target=_post_in_thread, args=(payload,)).start()
+        return True
+    if MODE == "naive":
+        loop = _naive()
+        loop.call_soon_threadsafe(loop.create_task, _post_naive(payload))
+        return True
+    if MODE == "asyncbridge":
+        return asyncbridge.run_soon(_post_bridge(payload))
+    return False
+
+
+def app(environ: dict[str, Any], start_response: Callable[..., object]) -> Iterable[bytes]:
+    """Answer every request with a short body, after handing off one notification."""
+    global _accepted
+    status = "200 OK"
+    if MODE != "ceiling":
+        payload = {"id": f"{os.getpid()}-{next(_ids)}", "event": "order.created"}
+        try:
+            if _notify(payload):
+                _accepted += 1
+            else:
+                status = "503 Service Unavailable"
+        except requests.RequestException:
+            status = "502 Bad Gateway"
+    body = b"ok\n"
+    start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _write_count() -> None:
+    if os.getpid() == _pid and MODE != "ceiling":
+        (OUT / f"{_pid}.json").write_text(json.dumps({"accepted": _accepted}))
+
+
+atexit.register(_write_count)
