@@ -91,7 +91,11 @@ def _stop(proc: subprocess.Popen[bytes], what: str, timeout: float) -> int:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m demo.run", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="./scripts/demo",
+        description=(__doc__ or "").replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address the hub and the app bind (default 127.0.0.1)"
     )
@@ -183,13 +187,16 @@ class _Demo:
         return hub_url, app_url
 
     def banner(self, hub_url: str, app_url: str) -> None:
+        python = Path(sys.executable)
+        if python.is_relative_to(Path.cwd()):
+            python = python.relative_to(Path.cwd())
         lines = [
             "",
             "asyncbridge live-analytics demo is running",
             f"  dashboard:     {hub_url}/",
             f"  the app:       {app_url}/   (every page view is tracked)",
             f"  track a hit:   curl -X POST '{app_url}/track?path=/pricing'",
-            f"  more traffic:  python -m demo.traffic --url {app_url} -n 200",
+            f"  more traffic:  {python} -m demo.traffic --url {app_url} -n 200",
             f"  shared secret: from {secret_source()}",
             "  Ctrl-C stops gunicorn (each worker logs its asyncbridge drain report),",
             "  then the hub.",

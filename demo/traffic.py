@@ -126,7 +126,11 @@ def _one(conn: http.client.HTTPConnection, path: str) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m demo.traffic --url URL -n N [--rate R]``."""
-    parser = argparse.ArgumentParser(prog="python -m demo.traffic", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m demo.traffic",
+        description=(__doc__ or "").replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the demo app's base URL")
     parser.add_argument("-n", type=int, default=100, help="how many hits (default 100)")
     parser.add_argument("--rate", type=float, default=20.0, help="hits per second; 0: no limit")
