@@ -1,0 +1,142 @@
+"""Each benchmark under bench/ runs from its one command and prints its tables with every row.
+
+Smoke runs only (``--smoke``: tiny sizes, a few seconds). Nothing here asserts on timings: the
+targets' PASS/MISS lines are checked for presence, never for their verdict. Where a benchmark
+reports exact accounting (every hand-off accepted or dropped, every accepted notification
+received after a graceful stop), the smoke run checks those counts.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.e2e.procs import ROOT
+
+BENCH = ROOT / "bench"
+
+
+def run_bench(script: str, *args: str, timeout: float = 100) -> str:
+    """Run ``bench/<script> --smoke`` and return its stdout; fail with its output if it fails."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), "--smoke", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def table_rows(out: str, title: str) -> dict[str, list[str]]:
+    """The rows of the Markdown table under ``### <title>``, keyed by their first cell."""
+    start = out.index(f"### {title}")
+    lines: list[str] = []
+    for line in out[start:].splitlines()[1:]:
+        if line.startswith("|"):
+            lines.append(line)
+        elif lines:
+            break
+    rows: dict[str, list[str]] = {}
+    for line in lines[2:]:  # after the header and its separator
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows.setdefault(cells[0], cells[1:])
+    return rows
+
+
+def verdicts(out: str) -> list[str]:
+    return re.findall(r"^(PASS|MISS)  ", out, flags=re.MULTILINE)
+
+
+HANDOFF_ROWS = {
+    "asyncbridge.run_soon",
+    "asyncbridge.submit",
+    "call_soon_threadsafe(create_task, coro) (naive)",
+    "asyncio.run_coroutine_threadsafe",
+    "anyio BlockingPortal.start_task_soon",
+    "ThreadPoolExecutor.submit",
+    "threading.Thread per call",
+    "call_soon_threadsafe(noop) (bare wake-up)",
+    "floor: create the coroutine",
+}
+
+
+def test_handoff_prints_every_row_in_all_three_regimes_and_four_target_checks() -> None:
+    out = run_bench("handoff.py")
+    assert set(table_rows(out, "burst (loop running)")) == HANDOFF_ROWS
+    assert set(table_rows(out, "paced (idle loop woken per call)")) == HANDOFF_ROWS
+    assert set(table_rows(out, "caller only (loop parked)")) == {
+        "asyncbridge.run_soon",
+        "asyncbridge.submit",
+        "call_soon_threadsafe(create_task, coro) (naive)",
+        "asyncio.run_coroutine_threadsafe",
+        "call_soon_threadsafe(noop) (bare wake-up)",
+        "floor: create the coroutine",
+    }
+    assert len(verdicts(out)) == 4
+
+
+def test_hotpath_times_run_soon_its_pieces_and_the_prototypes() -> None:
+    out = run_bench("hotpath.py")
+    rows = table_rows(out, "run_soon hot path")
+    assert "bridge.run_soon(job())  (the method)" in rows
+    assert "prototype WipeOnForkBridge.run_soon(job())" in rows
+    assert "piece: os.getpid()" in rows
+    assert len(rows) == 11
+    assert len(verdicts(out)) == 2
+
+
+def test_publish_delay_reports_every_load_for_each_hand_off() -> None:
+    out = run_bench("publish_delay.py")
+    start = out.index("### publish delay")
+    lines = [
+        ln
+        for ln in out[start:].splitlines()
+        if ln.startswith("| ") and not ln.startswith("| load ")
+    ]
+    # 3 loads x 3 hand-offs, each row with a positive job count.
+    assert len(lines) == 9
+    for line in lines:
+        jobs = int(line.strip("|").split("|")[2])
+        assert jobs > 0
+    assert len(verdicts(out)) == 2
+
+
+def test_memory_accounts_for_every_hand_off_against_a_silent_sink() -> None:
+    out = run_bench("memory.py")
+    rows = table_rows(out, "RSS per 10,000 pending jobs")
+    assert set(rows) == {
+        "floor: the coroutine objects alone",
+        "asyncbridge.run_soon",
+        "asyncbridge.submit",
+        "call_soon_threadsafe(create_task, coro) (naive)",
+        "asyncio.run_coroutine_threadsafe",
+    }
+    sent, accepted, dropped = map(
+        int,
+        re.search(  # type: ignore[union-attr]
+            r"handed off (\d+) = accepted (\d+) \+ dropped \(full\) (\d+)", out
+        ).groups(),
+    )
+    # Smoke: 3 s at 500/s with max_pending=500, so the backlog fills and drops are counted.
+    assert sent == accepted + dropped
+    assert dropped > 0
+    assert len(verdicts(out)) == 3
+
+
+@pytest.mark.e2e
+def test_seed_scenario_delivers_every_accepted_notification_after_a_graceful_stop() -> None:
+    out = run_bench("seed_scenario.py", "--modes", "ceiling,asyncbridge", "--no-wrk")
+    for title in ("saturation (closed loop, 8 connections)", "fixed rate 300 req/s"):
+        rows = table_rows(out, title)
+        assert set(rows) == {
+            "no notification (ceiling)",
+            "asyncbridge.run_soon + aiohttp helper",
+        }
+        received, accepted = map(int, rows["asyncbridge.run_soon + aiohttp helper"][4].split("/"))
+        assert accepted > 0
+        assert received == accepted
