@@ -99,7 +99,6 @@ class _Runtime:
         "taken",
         "tasks",
         "thread",
-        "thread_id",
         "timed_out",
         "warned_at",
     )
@@ -111,7 +110,6 @@ class _Runtime:
         self.here: mmap.mmap | bytearray = bytearray(1)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
-        self.thread_id: int | None = None
         # Accepted work that has not started, oldest first. Callers append, the loop pops.
         self.inbox: collections.deque[_Item] = collections.deque()
         # True while a wake-up (_pull) is queued on the loop: later callers need not queue another.
@@ -138,6 +136,11 @@ class _Runtime:
         self.room_waiters = 0
         self.warned_at: dict[str, float] = {}
         self.report: ShutdownReport | None = None
+
+    def in_loop_thread(self) -> bool:
+        # Compare Thread objects, not idents: a finished loop thread's ident is reused by the
+        # next thread the OS starts, which may be another bridge's loop thread.
+        return self.thread is not None and self.thread is threading.current_thread()
 
     def snapshot(self) -> Stats:
         with self.lock:
@@ -316,7 +319,7 @@ class Bridge:
             BaseException: Whatever the coroutine raised.
         """
         rt = self._rt
-        if rt.pid == _getpid() and rt.thread_id == threading.get_ident():
+        if rt.pid == _getpid() and rt.in_loop_thread():
             _close_quietly(coro)
             raise AsyncBridgeError(
                 "run() was called from the bridge's own event loop thread, where blocking would "
@@ -378,11 +381,13 @@ class Bridge:
     @staticmethod
     def current() -> Bridge | None:
         """The bridge whose loop is running in the calling thread, or None elsewhere."""
-        ident = threading.get_ident()
+        loop = asyncio._get_running_loop()
+        if loop is None:
+            return None
         pid = _getpid()
         for bridge in list(_BRIDGES):
             rt = bridge._rt
-            if rt.pid == pid and rt.thread_id == ident:
+            if rt.loop is loop and rt.pid == pid and rt.in_loop_thread():
                 return bridge
         return None
 
@@ -394,7 +399,7 @@ class Bridge:
     def in_loop_thread(self) -> bool:
         """True when called from this process's bridge loop thread."""
         rt = self._rt
-        return rt.pid == _getpid() and rt.thread_id == threading.get_ident()
+        return rt.pid == _getpid() and rt.in_loop_thread()
 
     def add_close_callback(self, callback: Callable[[], Coroutine[Any, Any, object]]) -> None:
         """Run ``await callback()`` on the loop at shutdown, after pending work has drained.
@@ -420,7 +425,7 @@ class Bridge:
         rt = self._rt
         if rt.pid != _getpid() or rt.loop is None:
             return True
-        if rt.thread_id == threading.get_ident():
+        if rt.in_loop_thread():
             raise AsyncBridgeError(
                 "drain() from the bridge loop thread would deadlock; await instead"
             )
@@ -465,7 +470,7 @@ class Bridge:
             if rt.loop is None:
                 rt.report = ShutdownReport(rt.snapshot(), elapsed=0.0, timeout=deadline_s)
                 return rt.report
-            if rt.thread_id == threading.get_ident():
+            if rt.in_loop_thread():
                 rt.closed = True
                 logger.error(
                     "asyncbridge shutdown() was called from the loop thread; admission is closed, "
@@ -532,7 +537,6 @@ class Bridge:
             )
             rt.thread = thread
             thread.start()
-            rt.thread_id = thread.ident
             rt.here = _fork_marker()
             self._rt = rt  # published last: other threads see a runtime with its loop running
             return rt
@@ -705,7 +709,7 @@ class Bridge:
         self, rt: _Runtime, coro: Coroutine[Any, Any, Any], *, raise_full: bool = False
     ) -> bool:
         policy = self._options.on_full
-        if policy == "block" and rt.thread_id != threading.get_ident():
+        if policy == "block" and not rt.in_loop_thread():
             deadline = time.monotonic() + self._options.block_timeout
             with rt.room:
                 rt.room_waiters += 1

@@ -52,7 +52,7 @@ def test_loop_thread_is_a_daemon_named_after_the_pid() -> None:
     with fresh_bridge() as bridge:
         bridge.start()
         threads = [t for t in threading.enumerate() if t.name.startswith("asyncbridge-")]
-        mine = [t for t in threads if t.ident == bridge._rt.thread_id]
+        mine = [t for t in threads if t is bridge._rt.thread]
         assert len(mine) == 1
         assert mine[0].daemon
         assert mine[0].name == f"asyncbridge-{bridge.stats().pid}"
@@ -489,3 +489,15 @@ async def test_async_code_awaits_a_submitted_future_and_is_refused_run() -> None
         assert await asyncio.wrap_future(bridge.submit(sleeper(0.01, "awaited"))) == "awaited"
         with pytest.raises(AsyncBridgeError, match="just `await` the coroutine"):
             bridge.run(sleeper(0))
+
+
+def test_current_names_the_bridge_whose_loop_runs_here_even_after_idents_are_reused() -> None:
+    for _ in range(5):  # each old loop thread's ident is free for the next one to reuse
+        with fresh_bridge() as bridge:
+            assert Bridge.current() is None
+            assert bridge.run(_current(), timeout=5) is bridge
+            assert not bridge.in_loop_thread()
+
+
+async def _current() -> Bridge | None:
+    return Bridge.current()
