@@ -65,9 +65,9 @@ def start() -> None:
     _default.start()
 
 
-def shutdown(timeout: float | None = None) -> ShutdownReport:
+def shutdown(timeout: float | None = None, *, log: bool = True) -> ShutdownReport:
     """Drain and stop this process's loop; never raises. See :meth:`Bridge.shutdown`."""
-    return _default.shutdown(timeout)
+    return _default.shutdown(timeout, log=log)
 
 
 def configure(**options: Any) -> None:

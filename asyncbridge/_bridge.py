@@ -436,7 +436,7 @@ class Bridge:
             return not rt.inbox and rt.running == 0
         return idle.wait(timeout)
 
-    def shutdown(self, timeout: float | None = None) -> ShutdownReport:
+    def shutdown(self, timeout: float | None = None, *, log: bool = True) -> ShutdownReport:
         """Close admission, drain until the deadline, cancel the rest, and stop the loop.
 
         Idempotent: later calls return the first report. Never raises, and never takes longer
@@ -444,10 +444,12 @@ class Bridge:
 
         Args:
             timeout: The drain deadline in seconds; defaults to ``drain_timeout``.
+            log: Log the report on the ``asyncbridge`` logger (at INFO when everything finished,
+                at WARNING when something was cancelled or abandoned). Server adapters pass False
+                and log it on the server's own logger instead.
 
         Returns:
-            The :class:`ShutdownReport`, also logged on the ``asyncbridge`` logger: at INFO when
-            everything finished, at WARNING when something was cancelled or abandoned.
+            The :class:`ShutdownReport`.
         """
         started = time.monotonic()
         deadline_s = self._options.drain_timeout if timeout is None else max(0.0, float(timeout))
@@ -480,8 +482,8 @@ class Bridge:
             rt.report = report = self._shutdown(rt, started, deadline_s)
         finally:
             lock.release()
-        log = logger.info if report.clean else logger.warning
-        log("%s", report)
+        if log:
+            (logger.info if report.clean else logger.warning)("%s", report)
         return report
 
     def _shutdown(self, rt: _Runtime, started: float, deadline_s: float) -> ShutdownReport:

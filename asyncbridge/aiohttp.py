@@ -99,7 +99,8 @@ async def post_json(url: str, payload: Any, **kwargs: Any) -> Any:
 
     Args:
         url: Where to post.
-        payload: Anything :func:`json.dumps` accepts.
+        payload: Anything :func:`json.dumps` accepts, or ``bytes`` already serialized (sent
+            as they are, e.g. when a signature covers the exact body).
         **kwargs: Passed to :meth:`aiohttp.ClientSession.post` (``headers``, ``timeout``...).
 
     Returns:
@@ -109,7 +110,12 @@ async def post_json(url: str, payload: Any, **kwargs: Any) -> Any:
         aiohttp.ClientResponseError: The server answered with a 4xx or 5xx status.
         aiohttp.ClientError: The request failed (connection refused, timeout...).
     """
-    async with session().post(url, json=payload, **kwargs) as response:
+    if isinstance(payload, bytes | bytearray):
+        headers = {"Content-Type": "application/json", **kwargs.pop("headers", {})}
+        request = session().post(url, data=bytes(payload), headers=headers, **kwargs)
+    else:
+        request = session().post(url, json=payload, **kwargs)
+    async with request as response:
         response.raise_for_status()
         if response.content_type == "application/json":
             return await response.json()

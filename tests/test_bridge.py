@@ -501,3 +501,19 @@ def test_current_names_the_bridge_whose_loop_runs_here_even_after_idents_are_reu
 
 async def _current() -> Bridge | None:
     return Bridge.current()
+
+
+def test_shutdown_can_leave_logging_the_report_to_the_caller(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    quiet, loud = Bridge(), Bridge()
+    quiet.run_soon(sleeper(0))
+    loud.run_soon(sleeper(0))
+    with caplog.at_level(logging.INFO, "asyncbridge"):
+        quiet_report = quiet.shutdown(5, log=False)
+        assert not caplog.records
+        loud.shutdown(5)
+    assert quiet_report.stats.completed == 1
+    assert [r.getMessage().split(" in ")[0] for r in caplog.records] == [
+        f"asyncbridge shutdown of pid {loud.stats().pid}"
+    ]
