@@ -239,11 +239,9 @@ def _name(hook: Callable[..., object]) -> str:
 
 
 def _shorten(worker: Any, seconds: float, why: str) -> None:
-    bridge = default_bridge()
-    if not bridge.owns_loop():
-        return
+    # Recorded even before the loop runs: the signal may arrive while the worker still boots.
     _quick[os.getpid()] = seconds
-    stats = bridge.stats()
+    stats = default_bridge().stats()
     worker.log.info(
         "asyncbridge: %s in worker %s: %d pending and %d running; draining for at most %gs",
         why,

@@ -223,6 +223,18 @@ def test_worker_int_shortens_the_drain_logs_pending_and_exit_warns(bridge: Bridg
     assert "_forever x3" in report
 
 
+def test_worker_int_before_the_loop_starts_still_shortens_the_drain(bridge: Bridge) -> None:
+    # SIGQUIT can reach a worker that is still booting, before post_worker_init (gevent).
+    worker = fake_worker()
+    hooks.worker_int(worker)
+    assert worker.log.levels("0 pending and 0 running") == ["info"]
+    hooks.post_worker_init(worker)
+    assert bridge.run_soon(_forever())
+    hooks.worker_exit(object(), worker)
+    assert bridge.stats().cancelled == 1
+    assert f"deadline {QUICK_TIMEOUT:g}s" in worker.log.records[-1][1]
+
+
 def test_worker_abort_cancels_everything_at_once(bridge: Bridge) -> None:
     worker = fake_worker()
     hooks.post_fork(object(), worker)

@@ -122,7 +122,24 @@ def gunicorn(
     with running(argv, log=tmp_path / "gunicorn.log", env=full_env) as server:
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/stats", 30, server.proc)
+        wait_for_workers(base, workers)
         yield server, base, stats_dir
+
+
+def wait_for_workers(base: str, n: int, timeout: float = 30) -> None:
+    """Wait until ``n`` distinct workers have answered: every one has booted and serves."""
+    pids: set[int] = set()
+
+    def ask(_: int) -> None:
+        status, body = http_get(base + "/stats")
+        if status == 200:
+            pids.add(json.loads(body)["pid"])
+
+    deadline = time.monotonic() + timeout
+    with ThreadPoolExecutor(4) as pool:
+        while len(pids) < n:
+            assert time.monotonic() < deadline, f"only workers {pids} answered within {timeout}s"
+            list(pool.map(ask, range(8)))
 
 
 def stop(server: Server, signum: int = signal.SIGTERM, timeout: float = 40) -> str:
@@ -256,12 +273,17 @@ def test_max_requests_recycling_under_load_then_sigterm_loses_nothing(
     assert sink.duplicates() == 0
 
 
-def test_sigint_quick_path_drains_what_fits_and_reports_the_rest(tmp_path: Path) -> None:
+@pytest.mark.parametrize("worker_class", ["sync", "gevent"])
+def test_sigint_quick_path_drains_what_fits_and_reports_the_rest(
+    tmp_path: Path, worker_class: str
+) -> None:
     fast_n, slow_n = 10, 6
     with (
         Sink(delay=0.2) as fast,
         Sink(delay=3) as slow,
-        gunicorn(tmp_path, fast, env={"NOTIFY_SLOW_SINK_URL": slow.url}) as (
+        gunicorn(
+            tmp_path, fast, worker_class=worker_class, env={"NOTIFY_SLOW_SINK_URL": slow.url}
+        ) as (
             server,
             base,
             stats_dir,
@@ -280,7 +302,7 @@ def test_sigint_quick_path_drains_what_fits_and_reports_the_rest(tmp_path: Path)
     # The fast ones fit into the quick deadline; the slow ones were cancelled and are named.
     assert fast.received == total(stats, "completed") == fast_n
     assert total(stats, "cancelled") == slow_n
-    assert "asyncbridge: SIGINT/SIGQUIT in worker" in out
+    assert out.count("asyncbridge: SIGINT/SIGQUIT in worker") == 2
     assert out.count("cancelled at the deadline: post_json") >= 1
     assert stop_seconds < 10, out[-3000:]
 
