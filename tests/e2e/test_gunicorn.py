@@ -350,3 +350,27 @@ def test_the_example_config_serves_and_drains(tmp_path: Path) -> None:
     handed = [line for line in out.splitlines() if "coroutines to asyncbridge" in line]
     assert len(handed) == 2
     assert sum(int(line.split(" handed ")[1].split()[0]) for line in handed) == n
+
+
+def test_worker_timeout_aborts_and_the_report_names_what_was_cancelled(tmp_path: Path) -> None:
+    with (
+        Sink(delay=3) as slow,
+        gunicorn(tmp_path, slow, workers=1, extra="timeout = 2") as (server, base, stats_dir),
+    ):
+        # The request blocks its sync worker; the master aborts it after `timeout` (SIGABRT).
+        with contextlib.suppress(OSError):  # answered 500, or the connection closes
+            http_get(base + "/?slow&block", timeout=20)
+        assert wait_until(lambda: "asyncbridge shutdown of pid" in server.output(), 15)
+        out = stop(server)
+        stats = worker_stats(stats_dir)
+    assert "WORKER TIMEOUT" in out
+    assert out.count("asyncbridge: SIGABRT (worker timeout) in worker") == 1
+    assert "0 pending and 1 running; draining for at most 0s" in out
+    reports = [line for line in out.splitlines() if "] asyncbridge shutdown of pid" in line]
+    assert len(reports) == 1, out[-3000:]
+    report = reports[0]
+    assert "[WARNING]" in report and "(deadline 0s)" in report
+    assert "accepted=1 completed=0 failed=0 timed_out=0 cancelled=1" in report
+    assert "cancelled at the deadline: post_json" in report
+    # The aborted worker wrote its stats before SIGKILL; its replacement accepted nothing.
+    assert [s["cancelled"] for s in stats if s["accepted"]] == [1]

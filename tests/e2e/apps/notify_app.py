@@ -2,7 +2,8 @@
 
 ``GET /`` (or any path but ``/stats``) calls ``run_soon(post_json(sink, {"id": ...}))`` with an
 id unique across workers, and answers at once with that id. ``?slow`` sends to the slow sink
-instead. ``GET /stats`` answers this worker's :func:`asyncbridge.stats` as JSON.
+instead; ``?block`` then blocks the request for 30 s (a stuck request, for gunicorn's worker
+timeout). ``GET /stats`` answers this worker's :func:`asyncbridge.stats` as JSON.
 
 Environment:
     NOTIFY_SINK_URL: Where notifications go.
@@ -20,6 +21,7 @@ import itertools
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -59,5 +61,7 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
         url = SLOW_SINK_URL if "slow" in environ.get("QUERY_STRING", "") else SINK_URL
         asyncbridge.run_soon(post_json(url, {"id": nid}))
         body = nid.encode()
+        if "block" in environ.get("QUERY_STRING", ""):
+            time.sleep(30)
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
