@@ -12,6 +12,7 @@ import dataclasses
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -148,7 +149,7 @@ def test_quickstart_gunicorn_config_starts_and_drains_each_worker(tmp_path: Path
     with running(argv, log=tmp_path / "gunicorn.log") as server:
         wait_http(f"http://127.0.0.1:{port}/", 30, server.proc)
         _hit(f"http://127.0.0.1:{port}", 20)
-        server.signal(15)
+        server.signal(signal.SIGTERM)
         assert server.wait(30) == 0
         log = server.output()
     reports = [(int(a), int(c)) for a, c in REPORT.findall(log)]
