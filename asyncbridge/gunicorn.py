@@ -168,7 +168,7 @@ def worker_exit(server: Any, worker: Any) -> None:
     bridge = default_bridge()
     if worker.pid != os.getpid() or not bridge.owns_loop():
         return
-    report = bridge.shutdown(_deadline_for(worker))
+    report = bridge.shutdown(_deadline_for(worker), log=False)
     _log_report(worker.log, report)
 
 

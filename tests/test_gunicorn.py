@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import pickle
 import time
@@ -182,7 +183,10 @@ def test_worker_exit_without_a_loop_does_nothing(bridge: Bridge) -> None:
     assert worker.log.records == []
 
 
-def test_worker_exit_drains_and_logs_the_report_at_info(bridge: Bridge) -> None:
+def test_worker_exit_drains_and_logs_the_report_at_info(
+    bridge: Bridge, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="asyncbridge")
     worker = fake_worker()
     hooks.post_fork(object(), worker)
     assert bridge.owns_loop()
@@ -194,6 +198,8 @@ def test_worker_exit_drains_and_logs_the_report_at_info(bridge: Bridge) -> None:
     assert not stats.loop_running
     assert worker.log.levels("asyncbridge shutdown of pid") == ["info"]
     assert "deadline 5s" in worker.log.records[-1][1]
+    # Once, on gunicorn's logger: not again on the "asyncbridge" logger.
+    assert not [r for r in caplog.records if "shutdown of pid" in r.getMessage()]
 
 
 async def _forever() -> None:
