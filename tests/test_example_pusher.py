@@ -245,12 +245,13 @@ def test_stock_asyncio_backend_works_and_leaves_no_unclosed_session(
     from pusher.aiohttp import AsyncIOBackend  # type: ignore[import-untyped]
 
     app = example.create_app(client_for(fake_pusher, backend=AsyncIOBackend))
+    gc.collect()  # garbage of earlier tests is not this backend's
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         post_comments(app, 5)
         assert asyncbridge_bridge.drain(30)
         gc.collect()
-    assert [str(w.message) for w in caught] == []
+    assert [str(w.message) for w in caught if "nclosed" in str(w.message)] == []
     assert (asyncbridge_bridge.completed, asyncbridge_bridge.failed) == (5, 0)
     assert len(fake_pusher.events) == 5
     # One ClientSession, so one new connection, per event: why the example pools instead.
