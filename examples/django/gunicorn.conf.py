@@ -9,6 +9,9 @@ import os
 
 from asyncbridge.gunicorn import post_fork, worker_exit  # noqa: F401  (gunicorn reads them)
 
+# With gevent workers, or to keep SIGINT/SIGQUIT exits quick, import post_worker_init,
+# worker_int and worker_abort as well: see gunicorn.conf.example.py at the repository root.
+
 wsgi_app = "djangoexample.wsgi:application"
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
