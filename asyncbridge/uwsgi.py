@@ -8,7 +8,8 @@ Call :func:`install` once, from the module that defines the WSGI application::
 
 It works whether uWSGI imports that module in the master before forking (the default), in each
 worker (``lazy-apps``), or in a worker without a master. It installs no signal handlers: uWSGI's
-own exit paths reach ``uwsgi.atexit``, where the worker drains. See the uWSGI guide for which exit
+own exit paths reach ``uwsgi.atexit``, where the worker drains (ignoring further exit signals
+meanwhile, so that a second Ctrl-C does not cut the drain short). See the uWSGI guide for which exit
 paths run it (a busy worker killed by INT or TERM, ``skip-atexit`` and SIGKILL run nothing).
 """
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
+import threading
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -193,14 +196,33 @@ class _AtExit:
         self.previous = previous
 
     def __call__(self) -> None:
+        # Only the process that started the loop may shut it down; a copy inherited through
+        # fork belongs to the parent.
+        owner = self.bridge.owns_loop()
+        if owner:
+            _ignore_repeated_exit_signals()
         try:
             # The user's hook first: work it hands to the bridge is drained too.
             if self.previous is not None:
                 self.previous()
         finally:
-            # Only the process that started the loop may shut it down; a copy inherited through
-            # fork belongs to the parent.
-            if self.bridge.owns_loop():
-                self.bridge.shutdown(
-                    exit_deadline(self.bridge.options.drain_timeout, self.uwsgi.opt)
-                )
+            if self.bridge.owns_loop():  # the user's hook may have started it
+                deadline = exit_deadline(self.bridge.options.drain_timeout, self.uwsgi.opt)
+                self.bridge.shutdown(deadline)
+
+
+_EXIT_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+
+
+def _ignore_repeated_exit_signals() -> None:
+    # The worker is already exiting. A second exit signal (Ctrl-C or systemd signal the whole
+    # process group, then the master sends its own) would run uWSGI's handler again, which calls
+    # exit() inside this one and ends the worker mid-drain. worker-reload-mercy's SIGKILL still
+    # bounds the exit.
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for name in _EXIT_SIGNALS:
+        try:
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+        except (AttributeError, OSError, ValueError):
+            pass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 import types
 from collections.abc import Iterator
@@ -40,6 +41,20 @@ class FakeUwsgi(types.ModuleType):
 
     def masterpid(self) -> int:
         return os.getpid()
+
+
+EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+@pytest.fixture(autouse=True)
+def restore_signal_handlers() -> Iterator[None]:
+    """The exit hook ignores exit signals (it expects the process to end); undo that here."""
+    saved = {signum: signal.getsignal(signum) for signum in EXIT_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
 
 
 @pytest.fixture
@@ -181,6 +196,20 @@ def test_atexit_runs_the_users_hook_then_drains_within_mercy(
     assert f"(deadline {7 - EXIT_MARGIN:g}s): accepted=2 completed=2" in caplog.text
 
 
+def test_atexit_ignores_further_exit_signals_while_the_worker_drains(
+    monkeypatch: pytest.MonkeyPatch, bridge: Bridge
+) -> None:
+    fake = FakeUwsgi(worker_id=1)
+    seen: list[object] = []
+    fake.atexit = lambda: seen.extend(signal.getsignal(s) for s in EXIT_SIGNALS)
+    use(monkeypatch, fake)
+    install(bridge)
+    fake.atexit()
+    # Already ignored while the user's hook and the drain run: a second Ctrl-C reaching the
+    # worker would otherwise re-enter uWSGI's exit handler and end it mid-drain.
+    assert seen == [signal.SIG_IGN] * len(EXIT_SIGNALS)
+
+
 def test_atexit_in_a_process_without_its_own_loop_does_not_shut_down(
     monkeypatch: pytest.MonkeyPatch, bridge: Bridge
 ) -> None:
@@ -189,8 +218,10 @@ def test_atexit_in_a_process_without_its_own_loop_does_not_shut_down(
     fake.atexit = lambda: calls.append("user")
     use(monkeypatch, fake)
     install(bridge)
+    before = [signal.getsignal(s) for s in EXIT_SIGNALS]
     fake.atexit()  # the master at exit: it never started a loop
     assert calls == ["user"]
+    assert [signal.getsignal(s) for s in EXIT_SIGNALS] == before
     bridge.start()  # not closed: a shutdown here would have made this raise BridgeClosed
     assert bridge.stats().loop_running is True
 
