@@ -30,6 +30,7 @@ MODES = ("ceiling", "blocking", "thread", "naive", "asyncbridge")
 
 _ids = itertools.count()
 _accepted = 0
+_served = 0
 _pid = os.getpid()
 _session: requests.Session | None = None
 _naive_loop: asyncio.AbstractEventLoop | None = None
@@ -89,7 +90,8 @@ def _notify(payload: dict[str, Any]) -> bool:
 
 def app(environ: dict[str, Any], start_response: Callable[..., object]) -> Iterable[bytes]:
     """Answer every request with a short body, after handing off one notification."""
-    global _accepted
+    global _accepted, _served
+    _served += 1
     status = "200 OK"
     if MODE != "ceiling":
         payload = {"id": f"{os.getpid()}-{next(_ids)}", "event": "order.created"}
@@ -106,8 +108,8 @@ def app(environ: dict[str, Any], start_response: Callable[..., object]) -> Itera
 
 
 def _write_count() -> None:
-    if os.getpid() == _pid and MODE != "ceiling":
-        (OUT / f"{_pid}.json").write_text(json.dumps({"accepted": _accepted}))
+    if os.getpid() == _pid:
+        (OUT / f"{_pid}.json").write_text(json.dumps({"accepted": _accepted, "served": _served}))
 
 
 atexit.register(_write_count)

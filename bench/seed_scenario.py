@@ -66,6 +66,9 @@ class Run:
     accepted: int
     received: int
     rss_mib: float
+    served: int  # requests answered during the load
+    main_cpu: float  # seconds of CPU in the workers' request (main) threads
+    other_cpu: float  # seconds of CPU in every other thread of the workers (loop, per-call threads)
 
 
 # -- load generators ------------------------------------------------------------------------------
@@ -208,6 +211,12 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
+def _cpu_seconds(pid: int, tid: int | None = None) -> float:
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _sink_count(port: int) -> tuple[int, int]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/count", timeout=5) as resp:
         body = json.loads(resp.read())
@@ -247,19 +256,28 @@ def one_run(mode: str, load: str, seconds: float, wrk: str | None, rate: float) 
             try:
                 url = f"http://127.0.0.1:{port}/"
                 wait_http(url, 30, server.proc)
+                time.sleep(1.0)  # both workers up and idle: their start-up CPU is not counted
+                workers = _children(server.pid)
+                main_before = sum(_cpu_seconds(w, w) for w in workers)
+                all_before = sum(_cpu_seconds(w) for w in workers)
                 if load == "saturation" and wrk:
                     rps, p50, p99, errors = wrk_closed(wrk, url, seconds, 8)
                 elif load == "saturation":
                     rps, p50, p99, errors = python_load(port, seconds, connections=8)
                 else:
                     rps, p50, p99, errors = python_load(port, seconds, rate=rate)
-                workers = _children(server.pid)
+                if _children(server.pid) != workers:
+                    raise RuntimeError(f"{mode}: a worker was replaced during the load")
                 rss = statistics.fmean(rss_kib(w) for w in workers) / 1024 if workers else 0.0
+                main_cpu = sum(_cpu_seconds(w, w) for w in workers) - main_before
+                other_cpu = sum(_cpu_seconds(w) for w in workers) - all_before - main_cpu
+                load_requests = round(rps * seconds)
                 server.signal(signal.SIGTERM)
                 server.wait(60)
             finally:
                 server.stop()
-            accepted = sum(json.loads(p.read_text())["accepted"] for p in Path(tmp).glob("*.json"))
+            counts = [json.loads(p.read_text()) for p in Path(tmp).glob("*.json")]
+            accepted = sum(c["accepted"] for c in counts)
         # The sink counts a notification once it has answered it (100 ms after receipt).
         deadline = time.monotonic() + 15
         received, requests = _sink_count(sink_port)
@@ -274,7 +292,9 @@ def one_run(mode: str, load: str, seconds: float, wrk: str | None, rate: float) 
         except subprocess.TimeoutExpired:
             sink.kill()
             sink.wait(10)
-    return Run(mode, rps, p50, p99, errors, accepted, received, rss)
+    return Run(
+        mode, rps, p50, p99, errors, accepted, received, rss, load_requests, main_cpu, other_cpu
+    )
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -293,6 +313,7 @@ def _table(title: str, runs: dict[str, list[Run]]) -> dict[str, dict[str, float]
             "p99": statistics.median(r.p99_ms for r in rs),
             "rss": statistics.median(r.rss_mib for r in rs),
         }
+        served = sum(r.served for r in rs) or 1
         medians[mode] = med
         accepted = sum(r.accepted for r in rs)
         received = sum(r.received for r in rs)
@@ -308,6 +329,8 @@ def _table(title: str, runs: dict[str, list[Run]]) -> dict[str, dict[str, float]
                 delivered,
                 share,
                 med["rss"],
+                sum(r.main_cpu for r in rs) / served * 1e6,
+                sum(r.other_cpu for r in rs) / served * 1e6,
             ]
         )
     print_table(
@@ -321,6 +344,8 @@ def _table(title: str, runs: dict[str, list[Run]]) -> dict[str, dict[str, float]
             "received/accepted",
             "% received",
             "worker RSS MiB",
+            "request thread CPU us/req",
+            "other threads CPU us/req",
         ],
         rows,
     )
