@@ -181,8 +181,11 @@ def test_requests_return_before_the_sink_answers_and_every_notification_arrives(
     n = 200
     with Sink(delay=0.1) as sink, gunicorn(tmp_path, sink, **kind) as (server, base, stats_dir):
         load = fire(base + "/", n, concurrency=8)
+        where = json.loads(http_get(base + "/where")[1])
         out = stop(server)
         stats = worker_stats(stats_dir)
+    # gevent: the loop runs in the hub, in the requests' OS thread; others: in a thread of its own.
+    assert where == {"loop_in_request_thread": kind["worker_class"] == "gevent"}
     assert load.ok == n and load.errors == 0
     # A request that waited for the sink would take at least its 100 ms delay.
     assert statistics.median(load.latencies) < 0.05, statistics.median(load.latencies)

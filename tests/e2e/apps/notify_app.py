@@ -3,7 +3,9 @@
 ``GET /`` (or any path but ``/stats``) calls ``run_soon(post_json(sink, {"id": ...}))`` with an
 id unique across workers, and answers at once with that id. ``?slow`` sends to the slow sink
 instead; ``?block`` then blocks the request for 30 s (a stuck request, for gunicorn's worker
-timeout). ``GET /stats`` answers this worker's :func:`asyncbridge.stats` as JSON.
+timeout). ``GET /stats`` answers this worker's :func:`asyncbridge.stats` as JSON, and
+``GET /where`` whether the bridge loop runs in the request's own OS thread (the gevent hub) or in
+another one; neither counts as accepted work.
 
 Environment:
     NOTIFY_SINK_URL: Where notifications go.
@@ -16,6 +18,7 @@ Environment:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import itertools
 import json
@@ -52,10 +55,19 @@ def stats_json() -> bytes:
     return json.dumps(dataclasses.asdict(asyncbridge.stats())).encode()
 
 
+def loop_in_request_thread() -> bool:
+    """Whether the bridge loop runs in the calling OS thread (gevent's hub) or in another one."""
+    done: concurrent.futures.Future[int] = concurrent.futures.Future()
+    asyncbridge.get_loop().call_soon_threadsafe(lambda: done.set_result(threading.get_native_id()))
+    return done.result(5) == threading.get_native_id()
+
+
 def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
     """The WSGI entry point."""
     if environ.get("PATH_INFO") == "/stats":
         body = stats_json()
+    elif environ.get("PATH_INFO") == "/where":
+        body = json.dumps({"loop_in_request_thread": loop_in_request_thread()}).encode()
     else:
         nid = f"{os.getpid()}-{next(_ids)}"
         url = SLOW_SINK_URL if "slow" in environ.get("QUERY_STRING", "") else SINK_URL
