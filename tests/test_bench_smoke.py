@@ -84,9 +84,9 @@ def test_hotpath_times_run_soon_its_pieces_and_the_prototypes() -> None:
     out = run_bench("hotpath.py")
     rows = table_rows(out, "run_soon hot path")
     assert "bridge.run_soon(job())  (the method)" in rows
-    assert "prototype WipeOnForkBridge.run_soon(job())" in rows
+    assert "prototype FoldedChecksBridge.run_soon(job())" in rows
     assert "piece: os.getpid()" in rows
-    assert len(rows) == 11
+    assert len(rows) == 10
     assert len(verdicts(out)) == 2
 
 
