@@ -45,7 +45,8 @@ max_requests_jitter = 100
 # the deadline is cancelled, counted and named in the report.
 #
 # Size drain_timeout to the slowest call you hand to run_soon (a push service's p99, plus a
-# retry if you do one), then make graceful_timeout >= drain_timeout + MARGIN and
+# retry if you do one), then make graceful_timeout >= drain_timeout + MARGIN + your longest
+# request (the clock starts at SIGTERM, before in-flight requests finish) and
 # timeout >= 2 * (drain_timeout + MARGIN), or the drain is cut shorter than you asked.
 graceful_timeout = 30
 timeout = 30
