@@ -27,7 +27,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-from . import _bridge
 from ._api import set_default_bridge
 from ._bridge import Bridge
 from ._config import options_from_env
@@ -179,11 +178,6 @@ def _installed(bridge: B) -> Iterator[B]:
             report = bridge.shutdown(TEARDOWN_TIMEOUT)
         finally:
             set_default_bridge(previous)
-            # Bridge.current() matches bridges by thread ident, and idents are reused once a loop
-            # thread has exited: a shut-down bridge kept alive (its recorded exceptions form a
-            # reference cycle through their tracebacks) would claim a later test's loop thread,
-            # and asyncbridge.aiohttp would register that test's session close on it.
-            _bridge._BRIDGES.discard(bridge)
         if report.abandoned:
             raise AsyncBridgeError(
                 f"the test's bridge loop did not respond at teardown: {report}; a coroutine "
