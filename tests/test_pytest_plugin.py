@@ -266,3 +266,24 @@ def test_on_error_hook_from_the_environment_still_runs(
         """,
     )
     result.assert_outcomes(passed=1)
+
+
+def test_teardown_errors_when_a_coroutine_blocks_the_loop(inner: pytest.Pytester) -> None:
+    result = run(
+        inner,
+        """
+        import time
+
+        import asyncbridge
+
+
+        async def blocks_the_loop():
+            time.sleep(8)  # synchronous: the loop cannot drain or cancel it
+
+
+        def test_hands_off_blocking_code(asyncbridge_bridge):
+            assert asyncbridge.run_soon(blocks_the_loop())
+        """,
+    )
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*AsyncBridgeError: the test's bridge loop did not respond*"])
