@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from .e2e.procs import PYTHON, ROOT, free_port, http_get, running, wait_http
-from .e2e.sink import Sink
+from .procs import PYTHON, ROOT, free_port, http_get, running, wait_http
+from .sink import Sink
+
+pytestmark = pytest.mark.e2e
 
 EXAMPLE = ROOT / "examples" / "django"
 
@@ -92,7 +94,6 @@ def _post_order(base: str, order_id: str) -> dict[str, object]:
         return answer
 
 
-@pytest.mark.e2e
 def test_django_under_gunicorn_drains_notifications_at_sigterm(sink: Sink, tmp_path: Path) -> None:
     n = 20
     sink.delay = 0.5  # still in flight when the workers are told to stop
