@@ -45,6 +45,9 @@ def configure(
 ) -> None:
     """Set how sessions created from now on are built.
 
+    Each call replaces every setting: one not given returns to its default. A session that
+    already exists keeps its settings until the bridge shuts down.
+
     Args:
         limit: Total simultaneous connections in the pool (aiohttp's ``TCPConnector.limit``).
         limit_per_host: Simultaneous connections per host; 0 for no per-host limit.
@@ -52,8 +55,12 @@ def configure(
         **session_kwargs: Passed to :class:`aiohttp.ClientSession`, e.g. ``headers``.
 
     Raises:
+        TypeError: A limit that is not an int, or a timeout that is not a ClientTimeout.
         ValueError: A negative limit.
     """
+    for name, value in (("limit", limit), ("limit_per_host", limit_per_host)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if limit < 0 or limit_per_host < 0:
         raise ValueError("limit and limit_per_host must be 0 (no limit) or more")
     if not isinstance(timeout, aiohttp.ClientTimeout):
@@ -90,7 +97,13 @@ def session() -> aiohttp.ClientSession:
         connector=connector, timeout=_settings["timeout"], **_settings["session_kwargs"]
     )
     _sessions[loop] = created
-    bridge.add_close_callback(created.close)
+
+    async def close() -> None:
+        # The session refers to its loop, so the weak key alone would never let the entry go.
+        _sessions.pop(loop, None)
+        await created.close()
+
+    bridge.add_close_callback(close)
     return created
 
 
@@ -104,7 +117,8 @@ async def post_json(url: str, payload: Any, **kwargs: Any) -> Any:
         **kwargs: Passed to :meth:`aiohttp.ClientSession.post` (``headers``, ``timeout``...).
 
     Returns:
-        The response body: decoded JSON when the server says it is JSON, else text.
+        The response body: decoded JSON when the server says it is JSON (``application/json``
+        or any ``+json`` type), else text.
 
     Raises:
         aiohttp.ClientResponseError: The server answered with a 4xx or 5xx status.
@@ -117,6 +131,7 @@ async def post_json(url: str, payload: Any, **kwargs: Any) -> Any:
         request = session().post(url, json=payload, **kwargs)
     async with request as response:
         response.raise_for_status()
-        if response.content_type == "application/json":
+        content_type = response.content_type
+        if content_type == "application/json" or content_type.endswith("+json"):
             return await response.json()
         return await response.text()

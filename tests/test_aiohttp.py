@@ -187,6 +187,7 @@ def test_session_closed_at_shutdown_after_pending_work_drained(sink: Sink) -> No
 
     assert _unclosed_warnings(work_and_shutdown) == []
     _retire(bridge)
+    assert list(ab_aiohttp._sessions.values()) == []  # closed sessions are forgotten
     assert sink.received == 12
     assert len({id(s) for s in sessions}) == 1
     assert sessions[0].closed
@@ -269,8 +270,17 @@ def test_configured_timeout_is_enforced(sink: Sink, bridge: Bridge) -> None:
         ({"limit": -1}, ValueError),
         ({"limit_per_host": -5}, ValueError),
         ({"timeout": 30}, TypeError),
+        ({"limit": "5"}, TypeError),
+        ({"limit": 2.5}, TypeError),
+        ({"limit_per_host": True}, TypeError),
     ],
 )
 def test_configure_rejects_bad_values(kwargs: dict[str, Any], error: type[Exception]) -> None:
     with pytest.raises(error):
         ab_aiohttp.configure(**kwargs)
+
+
+def test_post_json_sends_bytes_as_they_are(sink: Sink, bridge: Bridge) -> None:
+    body = b'{"id": "pre-serialized",  "spacing": "kept"}'
+    assert bridge.run(ab_aiohttp.post_json(sink.url, body), timeout=10) == {"ok": True}
+    assert sink.ids == {"pre-serialized": 1}
