@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,30 +133,40 @@ def test_configuration_page_lists_no_option_that_does_not_exist() -> None:
 
 # -- the quickstart's servers ---------------------------------------------------------------------
 
+SERVED_BY = re.compile(r"^served-by <?(\d+)>? ", flags=re.MULTILINE)
 REPORT = re.compile(r"asyncbridge shutdown of pid \d+ .*?: accepted=(\d+) completed=(\d+) failed=0")
 
 
-def _hit(base: str, n: int) -> None:
+def _hit(base: str, n: int, path: str = "/doc-") -> None:
     for i in range(n):
-        status, body = http_get(f"{base}/doc-{i}", timeout=10)
+        status, body = http_get(f"{base}{path}{i}", timeout=10)
         assert (status, body) == (200, b"accepted\n")
 
 
 @pytest.mark.e2e
 def test_quickstart_gunicorn_config_starts_and_drains_each_worker(tmp_path: Path) -> None:
     port = free_port()
+    base = f"http://127.0.0.1:{port}"
     argv = [str(BIN / "gunicorn"), "-c", str(EXAMPLES / "gunicorn_conf.py")]
     argv += ["--chdir", str(EXAMPLES), "-b", f"127.0.0.1:{port}", "wsgi_app"]
+    argv += ["--access-logfile", "-", "--access-logformat", "served-by %(p)s %(U)s"]
     with running(argv, log=tmp_path / "gunicorn.log") as server:
-        wait_http(f"http://127.0.0.1:{port}/", 30, server.proc)
-        _hit(f"http://127.0.0.1:{port}", 20)
+        wait_http(f"{base}/", 30, server.proc)
+        # SIGTERM to a worker still booting (before gunicorn sets its signal handlers) is lost,
+        # and the master then waits graceful_timeout: stop only once both workers have served.
+        deadline = time.monotonic() + 30
+        while len(set(SERVED_BY.findall(server.output()))) < 2:
+            assert time.monotonic() < deadline, server.output()
+            _hit(base, 1, path="/ready")
+        _hit(base, 20)
         server.signal(signal.SIGTERM)
         assert server.wait(30) == 0
         log = server.output()
+    served = len(SERVED_BY.findall(log))
     reports = [(int(a), int(c)) for a, c in REPORT.findall(log)]
     assert len(reports) == 2, log  # workers = 2 in the config: each one drained and reported
-    # The readiness probe counts as one request.
-    assert sum(a for a, _ in reports) == sum(c for _, c in reports) == 21, log
+    assert sum(a for a, _ in reports) == sum(c for _, c in reports) == served, log
+    assert log.count("notified about /") == served, log
     assert log.count("notified about /doc-") == 20, log
 
 
@@ -164,8 +175,11 @@ def test_quickstart_uwsgi_app_starts_and_drains_each_worker(tmp_path: Path) -> N
     if importlib.util.find_spec("asyncbridge.uwsgi") is None:
         pytest.skip("asyncbridge.uwsgi is not written yet")
     port, fifo = free_port(), tmp_path / "master.fifo"
+    # One worker: the probe below then proves it is in its request loop. uWSGI 2.0.30 loses a
+    # graceful stop sent while a worker is still starting (seen here with a plain WSGI app too,
+    # about once in 30 quick starts): the master then waits worker-reload-mercy for it.
     argv = [str(BIN / "uwsgi"), "--http-socket", f"127.0.0.1:{port}", "--master"]
-    argv += ["--processes", "2", "--enable-threads", "--need-app", "--master-fifo", str(fifo)]
+    argv += ["--processes", "1", "--enable-threads", "--need-app", "--master-fifo", str(fifo)]
     argv += ["--pythonpath", str(EXAMPLES), "--wsgi-file", str(EXAMPLES / "uwsgi_app.py")]
     with running(argv, log=tmp_path / "uwsgi.log") as server:
         wait_http(f"http://127.0.0.1:{port}/", 30, server.proc)
