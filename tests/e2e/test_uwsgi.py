@@ -73,13 +73,18 @@ def _fire(base: str, n: int, threads: int = 4) -> int:
         return sum(pool.map(one, range(n)))
 
 
-def _quit(fifo: Path) -> None:
-    """Graceful shutdown: `q` on the master FIFO (O_NONBLOCK: fails at once if no master reads)."""
+def _command(fifo: Path, command: bytes) -> None:
+    """Write to the master FIFO (O_NONBLOCK: fails at once if no master reads it)."""
     fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
     try:
-        os.write(fd, b"q")
+        os.write(fd, command)
     finally:
         os.close(fd)
+
+
+def _quit(fifo: Path) -> None:
+    """Graceful shutdown: every worker finishes its request, then drains in uwsgi.atexit."""
+    _command(fifo, b"q")
 
 
 def _worker_stats(out: Path) -> list[dict[str, Any]]:
@@ -90,7 +95,21 @@ def _worker_pids(log: str) -> set[int]:
     return {int(p) for p in re.findall(r"spawned uWSGI worker \d+ \((?:new )?pid: (\d+)", log)}
 
 
-def _wait_settled(server: Server, *, lazy_apps: bool = False, timeout: float = 30.0) -> None:
+def _wait_idle(server: Server, notifications: int) -> None:
+    """Wait until uWSGI has logged every notify request: only then is each worker idle.
+
+    A client has its response a moment before the worker finishes the request (logging it), and
+    uWSGI skips atexit in a worker that is still busy when a brutal stop arrives.
+    """
+    if not wait_until(lambda: server.output().count("GET /notify =>") >= notifications, 10):
+        raise TimeoutError(
+            f"uWSGI did not log {notifications} requests:\n{server.output()[-3000:]}"
+        )
+
+
+def _wait_settled(
+    server: Server, out: Path, *, lazy_apps: bool = False, timeout: float = 30.0
+) -> None:
     """Wait until both workers are up and none was respawned for a second.
 
     uWSGI 2.0.30's master hangs past worker-reload-mercy when a graceful stop lands while a worker
@@ -102,6 +121,7 @@ def _wait_settled(server: Server, *, lazy_apps: bool = False, timeout: float = 3
     while time.monotonic() < deadline:
         log = server.output()
         done = {int(p) for p in re.findall(r"The work of process (\d+) is done", log)}
+        done |= {int(w["pid"]) for w in _worker_stats(out)}
         live = frozenset(_worker_pids(log) - done)
         ready = {
             int(p) for p in re.findall(r"ready in \d+ seconds on interpreter \S+ pid: (\d+)", log)
@@ -131,7 +151,7 @@ def test_recycling_under_load_then_graceful_stop_loses_nothing(
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/stats", START_TIMEOUT, server.proc)
         accepted = _fire(base, 200)
-        _wait_settled(server, lazy_apps=lazy_apps)
+        _wait_settled(server, out, lazy_apps=lazy_apps)
         _quit(fifo)
         assert server.wait(30) == 0
         log = server.output()
@@ -152,6 +172,41 @@ def test_recycling_under_load_then_graceful_stop_loses_nothing(
     assert "graceful shutdown triggered" in log
 
 
+def test_graceful_reload_in_the_middle_of_the_load_loses_nothing(
+    sink: Sink, tmp_path: Path
+) -> None:
+    port, fifo, out = free_port(), tmp_path / "master.fifo", tmp_path / "out"
+    out.mkdir()
+    # uWSGI reloads by re-executing itself; without binary-path it would start the base
+    # interpreter, which lacks the pyuwsgi of this virtualenv.
+    argv = _argv(port, "--master-fifo", str(fifo), "--binary-path", sys.executable)
+    with running(argv, log=tmp_path / "uwsgi.log", env=_env(sink, out)) as server:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/stats", START_TIMEOUT, server.proc)
+        with ThreadPoolExecutor(1) as pool:
+            load = pool.submit(_fire, base, 300, 2)
+            assert wait_until(lambda: sink.received >= 30, 30)
+            _command(fifo, b"r")  # graceful reload
+            accepted = load.result(60)
+        assert wait_until(lambda: "gracefully (RE)spawned uWSGI master" in server.output(), 30)
+        _wait_settled(server, out)
+        _quit(fifo)
+        assert server.wait(30) == 0
+        log = server.output()
+
+    workers = _worker_stats(out)
+    assert len(workers) == 4  # two before the reload, two after
+    assert {w["pid"] for w in workers} == _worker_pids(log)
+    assert accepted == sum(w["accepted"] for w in workers) == 300
+    assert sum(w["completed"] for w in workers) == 300
+    # The reload came in the middle: both generations of workers served part of the load.
+    before_reload = _worker_pids(log.split("gracefully (RE)spawned uWSGI master")[0])
+    assert len(before_reload) == 2
+    assert 0 < sum(w["accepted"] for w in workers if w["pid"] in before_reload) < 300
+    assert sink.received == 300
+    assert sink.duplicates() == 0
+
+
 @pytest.mark.parametrize("order", ["before", "after"])
 def test_uwsgidecorators_postfork_and_install_both_work_in_either_import_order(
     sink: Sink, tmp_path: Path, order: str
@@ -168,7 +223,7 @@ def test_uwsgidecorators_postfork_and_install_both_work_in_either_import_order(
         assert status == 200, body
         loop_running_before_first_use = json.loads(body)["loop_running"]
         accepted = _fire(base, 20)
-        _wait_settled(server)
+        _wait_settled(server, out)
         _quit(fifo)
         assert server.wait(30) == 0
         log = server.output()
@@ -201,7 +256,8 @@ def test_ctrl_c_to_the_whole_process_group_drains_idle_workers(sink: Sink, tmp_p
         wait_http(f"{base}/stats", START_TIMEOUT, server.proc)
         sink.delay = 3.0  # still in flight when the signals land
         accepted = _fire(base, 20)
-        _wait_settled(server)
+        _wait_settled(server, out)
+        _wait_idle(server, 20)
         os.killpg(server.pid, signal.SIGINT)
         server.wait(30)
         log = server.output()
@@ -223,6 +279,7 @@ def test_worker_without_master_drains_on_sigint(sink: Sink, tmp_path: Path) -> N
         wait_http(f"{base}/stats", START_TIMEOUT, server.proc)
         sink.delay = 0.3  # still in flight when the signal lands
         accepted = _fire(base, 20)
+        _wait_idle(server, 20)
         server.signal(signal.SIGINT)
         server.wait(30)
         log = server.output()
@@ -264,7 +321,7 @@ def test_enable_threads_false_is_a_stub_in_this_uwsgi(sink: Sink, tmp_path: Path
         wait_http(f"{base}/stats", START_TIMEOUT, server.proc)
         assert _fire(base, 5) == 5
         assert wait_until(lambda: sink.received == 5, 10)
-        _wait_settled(server)
+        _wait_settled(server, out)
         _quit(fifo)
         assert server.wait(30) == 0
         log = server.output()
