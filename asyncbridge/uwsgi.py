@@ -52,11 +52,11 @@ def install(bridge: Bridge | None = None) -> bool:
     """Hook ``bridge`` (the default bridge if None) into this uWSGI process's lifecycle.
 
     In a worker (``lazy-apps``) the loop starts now. In the master, the loop starts right after
-    each fork through ``uwsgi.post_fork_hook``, chained after any hook already there (including
-    ``uwsgidecorators``' postfork chain). Either way ``uwsgi.atexit`` is chained to a shutdown of
-    the worker's own loop, with a deadline of ``min(drain_timeout, worker-reload-mercy -
-    EXIT_MARGIN)`` so that uWSGI does not SIGKILL the worker mid-drain. Calling it again is a
-    no-op. Hooks set by your code before ``install()`` keep running.
+    each fork through ``uwsgi.post_fork_hook``; the hook already there (such as
+    ``uwsgidecorators``' postfork chain) runs after it. Either way ``uwsgi.atexit`` is chained
+    to a shutdown of the worker's own loop, with a deadline of ``min(drain_timeout,
+    worker-reload-mercy - EXIT_MARGIN)`` so that uWSGI does not SIGKILL the worker mid-drain.
+    Calling it again is a no-op. Hooks set by your code before ``install()`` keep running.
 
     Outside uWSGI (tests, ``python -m``, another server) it does nothing and returns False: the
     bridge then starts on first use and drains at interpreter exit, as in any plain process.
@@ -117,8 +117,7 @@ def worker_reload_mercy(opt: Mapping[str, Any]) -> float:
         opt: ``uwsgi.opt``: raw option values (bytes, True, or a list when repeated).
 
     Returns:
-        The last value given, or :data:`DEFAULT_WORKER_RELOAD_MERCY` when unset or unreadable
-        (uWSGI treats 0 as unset as well).
+        The last value given, or :data:`DEFAULT_WORKER_RELOAD_MERCY` when unset or unreadable.
     """
     raw = opt.get("worker-reload-mercy")
     if isinstance(raw, list):
@@ -135,8 +134,7 @@ def worker_reload_mercy(opt: Mapping[str, Any]) -> float:
                 DEFAULT_WORKER_RELOAD_MERCY,
             )
             return DEFAULT_WORKER_RELOAD_MERCY
-        if seconds > 0:
-            return seconds
+        return max(0.0, seconds)  # 0 is no mercy at all: SIGKILL at once
     return DEFAULT_WORKER_RELOAD_MERCY
 
 

@@ -303,7 +303,7 @@ def test_uwsgidecorators_imported_after_install_replaces_the_hook_and_start_is_l
         ({}, 60.0),
         ({"worker-reload-mercy": b"7"}, 7.0),
         ({"worker-reload-mercy": [b"30", b"9"]}, 9.0),  # repeated: the last one wins
-        ({"worker-reload-mercy": b"0"}, 60.0),  # uWSGI treats 0 as unset
+        ({"worker-reload-mercy": b"0"}, 0.0),  # checked: uWSGI then SIGKILLs at once
         ({"worker-reload-mercy": b"soon"}, 60.0),
         ({"worker-reload-mercy": True}, 60.0),
     ],
