@@ -17,14 +17,15 @@ import nox
 # The versions pyproject's classifiers declare, beyond the default 3.11 that scripts/test uses.
 PYTHONS = ("3.12", "3.13")
 
-# Not the end-to-end tests (real servers, a browser), nor the slow packaging and type checks:
-# those run once, on the default Python.
+# Not the end-to-end tests (real servers, a browser), the packaging and type checks, nor the
+# benchmark smoke runs: those run once, on the default Python.
 CORE_SUITE = (
     "-m",
     "not e2e and not browser",
     "--ignore=tests/e2e",
     "--ignore=tests/test_packaging.py",
     "--ignore=tests/test_types.py",
+    "--ignore=tests/test_bench_smoke.py",
 )
 
 nox.options.sessions = [f"tests-{version}" for version in PYTHONS]
