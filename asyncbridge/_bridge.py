@@ -171,11 +171,16 @@ class Bridge:
 
     Args:
         **options: Any option of :meth:`configure`. Options not given come from the
-            ``ASYNCBRIDGE_<NAME>`` environment variables, then from the defaults.
+            ``ASYNCBRIDGE_<NAME>`` environment variables, then from the defaults. The
+            environment is read again when a process starts its loop, so variables set after
+            import (gunicorn's ``raw_env``) still apply; options set in code always win.
     """
 
     def __init__(self, **options: Any) -> None:
         self._options = Options().updated(options_from_env()).updated(options)
+        # Options set in code, kept so that the environment can be read again when a process
+        # starts its loop (gunicorn's raw_env reaches os.environ only after our import).
+        self._explicit: dict[str, Any] = dict(options)
         self._apply()
         self._rt = _NOT_STARTED
         # One lifecycle lock per process, made on first use there: a lock inherited through fork
@@ -218,6 +223,7 @@ class Bridge:
             ValueError: A value out of range.
         """
         self._options = self._options.updated(options)
+        self._explicit.update(options)
         self._apply()
 
     # -- the hand-off (hot path) ---------------------------------------------------------------
@@ -532,6 +538,8 @@ class Bridge:
             if rt.pid == pid:
                 return rt
             rt = self._new_runtime(rt, pid)
+            self._options = Options().updated(options_from_env()).updated(self._explicit)
+            self._apply()
             loop = (self._options.loop_factory or asyncio.new_event_loop)()
             rt.loop = loop
             thread = threading.Thread(

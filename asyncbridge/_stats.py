@@ -69,7 +69,7 @@ class ShutdownReport:
 
     @property
     def clean(self) -> bool:
-        """True when everything accepted finished by itself: nothing cancelled or abandoned."""
+        """Whether everything accepted finished by itself (nothing cancelled or abandoned)."""
         return not self.cancelled_names and not self.abandoned
 
     def __str__(self) -> str:

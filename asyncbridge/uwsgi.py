@@ -35,7 +35,7 @@ __all__ = [
     "worker_reload_mercy",
 ]
 
-logger = logging.getLogger("asyncbridge")
+_logger = logging.getLogger("asyncbridge")
 
 DEFAULT_WORKER_RELOAD_MERCY = 60.0
 """uWSGI's ``worker-reload-mercy`` when the config does not set it, in seconds."""
@@ -73,7 +73,7 @@ def install(bridge: Bridge | None = None) -> bool:
     """
     uwsgi = _uwsgi_module()
     if uwsgi is None:
-        logger.debug("asyncbridge.uwsgi.install(): not running under uWSGI; nothing to do")
+        _logger.debug("asyncbridge.uwsgi.install(): not running under uWSGI; nothing to do")
         return False
     if bridge is None:
         bridge = default_bridge()
@@ -90,7 +90,7 @@ def install(bridge: Bridge | None = None) -> bool:
     _chain_atexit(uwsgi, bridge)
     deadline = exit_deadline(bridge.options.drain_timeout, uwsgi.opt)
     if deadline < bridge.options.drain_timeout:
-        logger.warning(
+        _logger.warning(
             "asyncbridge: drain_timeout=%gs does not fit in uWSGI's worker-reload-mercy=%gs; "
             "workers will drain for at most %gs at exit (raise worker-reload-mercy to at least "
             "%gs to use the whole drain_timeout)",
@@ -128,7 +128,7 @@ def worker_reload_mercy(opt: Mapping[str, Any]) -> float:
         try:
             seconds = float(int(raw.strip()))
         except ValueError:
-            logger.warning(
+            _logger.warning(
                 "asyncbridge: cannot read worker-reload-mercy=%r; assuming uWSGI's default %gs",
                 raw,
                 DEFAULT_WORKER_RELOAD_MERCY,
@@ -180,7 +180,7 @@ class _PostFork:
             # App code may have replaced uwsgi.atexit after install(); chain it again.
             _chain_atexit(self.uwsgi, self.bridge)
         except Exception:
-            logger.exception("asyncbridge could not start after fork; it will start on first use")
+            _logger.exception("asyncbridge could not start after fork; it will start on first use")
         if self.previous is not None:
             self.previous()
 

@@ -111,3 +111,19 @@ def test_loop_factory_makes_the_loop() -> None:
         assert bridge.get_loop() is made[0]
     finally:
         bridge.shutdown(2)
+
+
+def test_the_environment_is_read_again_when_the_loop_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bridge = Bridge(drain_timeout=3)
+    monkeypatch.setenv("ASYNCBRIDGE_MAX_PENDING", "7")  # e.g. gunicorn's raw_env, after import
+    monkeypatch.setenv("ASYNCBRIDGE_DRAIN_TIMEOUT", "9")
+    assert bridge.options.max_pending == 10_000
+    bridge.configure(task_timeout=4)
+    try:
+        bridge.start()
+        o = bridge.options
+        assert (o.max_pending, o.drain_timeout, o.task_timeout) == (7, 3.0, 4.0)
+    finally:
+        bridge.shutdown(1)

@@ -60,7 +60,7 @@ def _metadata(wheel: Path) -> email.message.Message:
         return email.parser.Parser().parsestr(zf.read(name).decode())
 
 
-@pytest.mark.e2e
+@pytest.mark.packaging
 def test_wheel_ships_the_package_typed_and_licensed(dists: Dists) -> None:
     with zipfile.ZipFile(dists.wheel) as zf:
         names = set(zf.namelist())
@@ -75,7 +75,7 @@ def test_wheel_ships_the_package_typed_and_licensed(dists: Dists) -> None:
     }
 
 
-@pytest.mark.e2e
+@pytest.mark.packaging
 def test_wheel_metadata_is_complete(dists: Dists) -> None:
     meta = _metadata(dists.wheel)
     assert meta["Name"] == "asyncbridge"
@@ -94,7 +94,7 @@ def test_wheel_metadata_is_complete(dists: Dists) -> None:
     assert meta.get_payload()  # the README as the long description
 
 
-@pytest.mark.e2e
+@pytest.mark.packaging
 def test_sdist_ships_sources_tests_docs_and_license(dists: Dists) -> None:
     with tarfile.open(dists.sdist) as tf:
         names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
@@ -157,7 +157,7 @@ SMOKE = textwrap.dedent(
 )
 
 
-@pytest.mark.e2e
+@pytest.mark.packaging
 def test_wheel_installs_into_a_fresh_venv_and_works(dists: Dists, tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
