@@ -86,8 +86,8 @@ def test_hotpath_times_run_soon_its_pieces_and_the_prototypes() -> None:
     assert "bridge.run_soon(job())  (the method)" in rows
     assert "prototype FoldedChecksBridge.run_soon(job())" in rows
     assert "piece: os.getpid()" in rows
-    assert len(rows) == 10
-    assert len(verdicts(out)) == 2
+    assert len(rows) == 11
+    assert len(verdicts(out)) == 3
 
 
 def test_publish_delay_reports_every_load_for_each_hand_off() -> None:
