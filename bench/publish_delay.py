@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from queue import SimpleQueue
 from typing import Any
 
 from _common import machine, percentile, print_table, target_line
@@ -126,10 +127,33 @@ def _yielding() -> Iterator[HandOff]:
         bridge.shutdown(30)
 
 
+@contextmanager
+def _plain_thread() -> Iterator[HandOff]:
+    # The floor for any design with a background thread: one thread blocked in SimpleQueue.get()
+    # steps each coroutine as soon as it holds the GIL. No event loop, no selector.
+    queue: SimpleQueue[Coroutine[Any, Any, None] | None] = SimpleQueue()
+
+    def consume() -> None:
+        while (coro := queue.get()) is not None:
+            try:
+                coro.send(None)
+            except StopIteration:
+                pass
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    try:
+        yield queue.put
+    finally:
+        queue.put(None)
+        thread.join(30)
+
+
 TARGETS = {
     "asyncbridge.run_soon": _asyncbridge,
     "naive call_soon_threadsafe": _naive,
     "prototype: back off when wake-up overdue": _yielding,
+    "floor: plain thread woken by SimpleQueue": _plain_thread,
 }
 
 
@@ -171,8 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="per row (5)")
     parser.add_argument("--threads", type=int, default=8, help="request threads (8)")
     parser.add_argument("--cpu-ms", type=float, default=1.0, help="CPU work per request (1 ms)")
+    parser.add_argument(
+        "--switch-interval-ms",
+        type=float,
+        default=None,
+        help="sys.setswitchinterval for the run (the interpreter's default is 5 ms)",
+    )
     parser.add_argument("--smoke", action="store_true", help="short rows")
     args = parser.parse_args(argv)
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1000)
     if args.smoke:
         args.seconds = 0.5
     _calibrate()

@@ -98,8 +98,8 @@ def test_publish_delay_reports_every_load_for_each_hand_off() -> None:
         for ln in out[start:].splitlines()
         if ln.startswith("| ") and not ln.startswith("| load ")
     ]
-    # 3 loads x 3 hand-offs, each row with a positive job count.
-    assert len(lines) == 9
+    # 3 loads x 4 hand-offs, each row with a positive job count.
+    assert len(lines) == 12
     for line in lines:
         jobs = int(line.strip("|").split("|")[2])
         assert jobs > 0
