@@ -57,6 +57,7 @@ HandOff = Callable[[Coroutine[Any, Any, None]], object]
 
 _STARVED = 0.002
 _BACKOFF = 0.0005
+_BACKLOG_HINT = 8
 
 
 class YieldingBridge(asyncbridge.Bridge):
@@ -74,12 +75,18 @@ class YieldingBridge(asyncbridge.Bridge):
     _scheduled_at = 0.0
 
     def run_soon(self, coro: Coroutine[Any, Any, Any], /) -> bool:
-        pending = self._rt.scheduled
+        rt = self._rt
+        pending = rt.scheduled
         accepted = super().run_soon(coro)
-        now = time.monotonic()
         if not pending:
-            self._scheduled_at = now
-        elif self._rt.scheduled and now - self._scheduled_at > _STARVED:
+            # This call queued the wake-up (and paid ~10 us for it): note when.
+            self._scheduled_at = time.monotonic()
+        elif (
+            len(rt.inbox) >= _BACKLOG_HINT  # free test first: a starved loop has a backlog
+            and rt.scheduled
+            and time.monotonic() - self._scheduled_at > _STARVED
+            and not self.in_loop_thread()  # never sleep on the loop itself
+        ):
             time.sleep(_BACKOFF)
         return accepted
 
