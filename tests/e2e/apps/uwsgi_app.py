@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import itertools
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import uwsgi  # type: ignore[import-untyped]
 
 import asyncbridge
-import asyncbridge.aiohttp
 import asyncbridge.uwsgi
+from tests.e2e.apps.notify_wsgi import application
+
+__all__ = ["application"]  # what uWSGI's --wsgi-file looks up
 
 logging.basicConfig(
     level=logging.INFO,
@@ -37,9 +36,7 @@ logging.basicConfig(
     force=True,
 )
 
-SINK_URL = os.environ["SINK_URL"]
 OUT_DIR = Path(os.environ["OUT_DIR"])
-_counter = itertools.count()
 
 
 def _register_postfork() -> None:
@@ -59,10 +56,6 @@ if os.environ.get("APP_DECORATORS") == "after":
     _register_postfork()
 
 
-async def notify(event_id: str) -> None:
-    await asyncbridge.aiohttp.post_json(SINK_URL, {"id": event_id})
-
-
 def _write_stats() -> None:
     bridge = asyncbridge.default_bridge()
     if not bridge.owns_loop():
@@ -76,19 +69,3 @@ def _write_stats() -> None:
 
 # Python's atexit runs after uwsgi.atexit (which drains), during interpreter finalization.
 atexit.register(_write_stats)
-
-_Start = Callable[[str, list[tuple[str, str]]], Any]
-
-
-def application(environ: dict[str, Any], start_response: _Start) -> Iterable[bytes]:
-    path = environ.get("PATH_INFO", "")
-    if path == "/notify":
-        event_id = f"{os.getpid()}-{next(_counter)}"
-        body: dict[str, Any] = {"accepted": asyncbridge.run_soon(notify(event_id))}
-    elif path == "/stats":
-        body = dataclasses.asdict(asyncbridge.stats())
-    else:
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"not found"]
-    start_response("200 OK", [("Content-Type", "application/json")])
-    return [json.dumps(body).encode()]

@@ -7,40 +7,13 @@ Run by tests/e2e/test_wsgiref.py as ``python tests/e2e/apps/wsgiref_app.py PORT`
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
-import json
 import logging
-import os
 import sys
-from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import asyncbridge
-import asyncbridge.aiohttp
-
-SINK_URL = os.environ["SINK_URL"]
-_counter = itertools.count()
-_Start = Callable[[str, list[tuple[str, str]]], Any]
-
-
-async def notify(event_id: str) -> None:
-    await asyncbridge.aiohttp.post_json(SINK_URL, {"id": event_id})
-
-
-def application(environ: dict[str, Any], start_response: _Start) -> Iterable[bytes]:
-    path = environ.get("PATH_INFO", "")
-    if path == "/notify":
-        event_id = f"{os.getpid()}-{next(_counter)}"
-        body: dict[str, Any] = {"accepted": asyncbridge.run_soon(notify(event_id))}
-    elif path == "/stats":
-        body = dataclasses.asdict(asyncbridge.stats())
-    else:
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"not found"]
-    start_response("200 OK", [("Content-Type", "application/json")])
-    return [json.dumps(body).encode()]
+from tests.e2e.apps.notify_wsgi import application
 
 
 class _QuietHandler(WSGIRequestHandler):
