@@ -44,7 +44,9 @@ MODES = {
     "thread": "thread per call (requests)",
     "naive": "naive loop-in-thread (no drain)",
     "asyncbridge": "asyncbridge.run_soon + aiohttp helper",
+    "asyncbridge_backoff": "asyncbridge with the publish-delay back-off prototype",
 }
+DEFAULT_MODES = ["ceiling", "blocking", "thread", "naive", "asyncbridge"]
 
 _SINK = """
 import sys
@@ -357,7 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="load length per run (8)")
     parser.add_argument("--runs", type=int, default=3, help="interleaved runs per mode (3)")
     parser.add_argument("--rate", type=float, default=300.0, help="fixed rate (300 req/s)")
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
+    parser.add_argument(
+        "--modes",
+        default=",".join(DEFAULT_MODES),
+        help=f"comma-separated, from {', '.join(MODES)} (default: all but the last)",
+    )
     parser.add_argument("--no-wrk", action="store_true", help="use the bundled generator only")
     parser.add_argument("--smoke", action="store_true", help="1 s per run, 1 run")
     args = parser.parse_args(argv)
