@@ -42,6 +42,14 @@ _copy_context = contextvars.copy_context
 # dropping the last reference would let the garbage collector close coroutines here, running
 # their ``finally`` blocks (and maybe writing to sockets the parent still uses) in the child.
 _ORPHANS: list[_Runtime] = []
+
+# concurrent.futures' private state names, stable since Python 3.2; _BridgeFuture needs them to
+# mark a running future cancelled.
+_FINISHED = getattr(concurrent.futures._base, "FINISHED", "FINISHED")
+_CANCELLED = getattr(concurrent.futures._base, "CANCELLED", "CANCELLED")
+_CANCELLED_AND_NOTIFIED = getattr(
+    concurrent.futures._base, "CANCELLED_AND_NOTIFIED", "CANCELLED_AND_NOTIFIED"
+)
 _BRIDGES: weakref.WeakSet[Bridge] = weakref.WeakSet()
 
 _MADV_WIPEONFORK = getattr(mmap, "MADV_WIPEONFORK", 18 if sys.platform == "linux" else None)
@@ -77,6 +85,7 @@ class _Runtime:
     __slots__ = (
         "cancelled",
         "cancelled_names",
+        "cleaning",
         "close_callbacks",
         "closed",
         "completed",
@@ -115,10 +124,12 @@ class _Runtime:
         # True while a wake-up (_pull) is queued on the loop: later callers need not queue another.
         self.scheduled = False
         self.closed = False  # admission closed by shutdown
+        self.cleaning = False  # past the drain: nothing more may start on the loop
         self.finished = False  # the loop is gone; whoever appends now must sweep the inbox
         # Guards the counters, so that stats() is a consistent snapshot. Never held while user
-        # code runs.
-        self.lock = threading.Lock()
+        # code runs. Reentrant: a signal handler (worker_int) may ask for stats() while the
+        # main thread it interrupted holds it.
+        self.lock = threading.RLock()
         self.taken = 0  # items removed from the inbox: started, or swept and cancelled
         self.running = 0
         self.completed = 0
@@ -243,11 +254,11 @@ class Bridge:
             TypeError: ``coro`` is not a coroutine object.
             BacklogFull: The backlog is full and ``on_full="raise"``.
         """
-        rt = self._rt
-        if not rt.here[0]:  # not started in this process, or inherited through fork
-            rt = self._runtime_here()
         if type(coro) is not CoroutineType and not asyncio.iscoroutine(coro):
             raise not_a_coroutine("run_soon", coro)
+        rt = self._rt
+        if not rt.here[0]:  # not started in this process, or inherited through fork
+            rt = self._start_for(coro)
         if rt.closed:
             self._drop(rt, coro, "closed")
             return False
@@ -283,11 +294,11 @@ class Bridge:
                 first waits up to ``block_timeout``).
             BridgeClosed: The bridge was shut down in this process.
         """
-        rt = self._rt
-        if not rt.here[0]:
-            rt = self._runtime_here()
         if not asyncio.iscoroutine(coro):
             raise not_a_coroutine("submit", coro)
+        rt = self._rt
+        if not rt.here[0]:
+            rt = self._start_for(coro)
         if rt.closed:
             self._drop(rt, coro, "closed", warn=False)
             raise BridgeClosed("the bridge was shut down in this process and accepts no more work")
@@ -423,7 +434,8 @@ class Bridge:
         """Wait until nothing is pending or running, without closing the bridge.
 
         Returns:
-            True when the bridge went idle, False when the timeout passed first.
+            True when the bridge went idle; False when the timeout passed first, or when
+            shutdown ended with work still running.
 
         Raises:
             AsyncBridgeError: Called from the bridge loop thread.
@@ -440,7 +452,7 @@ class Bridge:
             rt.loop.call_soon_threadsafe(self._when_idle, rt, idle.set)
         except RuntimeError:
             return not rt.inbox and rt.running == 0
-        return idle.wait(timeout)
+        return idle.wait(timeout) and not rt.inbox and rt.running == 0
 
     def shutdown(self, timeout: float | None = None, *, log: bool = True) -> ShutdownReport:
         """Close admission, drain until the deadline, cancel the rest, and stop the loop.
@@ -500,6 +512,8 @@ class Bridge:
         deadline = started + deadline_s
         idle = threading.Event()
         cleaned = threading.Event()
+        if not thread.is_alive():  # the loop thread died (see _run_loop): nothing to wait for
+            cleaned.set()
         try:
             loop.call_soon_threadsafe(self._when_idle, rt, idle.set)
             idle.wait(max(0.0, deadline - time.monotonic()))
@@ -513,6 +527,10 @@ class Bridge:
         self._sweep(rt)
         stats = rt.snapshot()
         abandoned = stats.pending + stats.running
+        if abandoned:
+            # Keep what is still running referenced: destroying a pending task would run its
+            # code (finally blocks) from the garbage collector, at any later time.
+            _ORPHANS.append(rt)
         return ShutdownReport(
             stats,
             cancelled_names=tuple(rt.cancelled_names),
@@ -522,6 +540,14 @@ class Bridge:
         )
 
     # -- process ownership ---------------------------------------------------------------------
+
+    def _start_for(self, coro: Coroutine[Any, Any, Any]) -> _Runtime:
+        """Start the loop on first use; if that fails, close ``coro`` and re-raise."""
+        try:
+            return self._runtime_here()
+        except BaseException:
+            _close_quietly(coro)
+            raise
 
     def _lifecycle_lock(self) -> threading.Lock:
         # dict.setdefault is atomic under the GIL, so every thread of this process gets one lock.
@@ -546,7 +572,11 @@ class Bridge:
                 target=_run_loop, args=(loop,), name=f"asyncbridge-{pid}", daemon=True
             )
             rt.thread = thread
-            thread.start()
+            try:
+                thread.start()
+            except BaseException:
+                loop.close()
+                raise
             rt.here = _fork_marker()
             self._rt = rt  # published last: other threads see a runtime with its loop running
             return rt
@@ -574,6 +604,9 @@ class Bridge:
         inbox = rt.inbox
         if not inbox:
             return
+        if rt.cleaning:
+            self._cancel_unstarted(rt)
+            return
         batch: list[_Item] = []
         with rt.lock:
             room = self._limit - rt.running
@@ -595,14 +628,18 @@ class Bridge:
             handle = None if timeout is None else loop.call_later(timeout, self._expire, rt, task)
             if future is not None:
                 future._task = task
+                if future._cancel_requested:  # cancel() ran before the task existed
+                    task.cancel()
             task.add_done_callback(functools.partial(self._on_done, rt, future, handle))
         if rt.room_waiters:
             with rt.room:
                 rt.room.notify_all()
 
     def _expire(self, rt: _Runtime, task: asyncio.Task[Any]) -> None:
-        rt.expired.add(task)
-        task.cancel()
+        # A task that finished in this same loop iteration is not timed out: its done
+        # callbacks are merely still queued.
+        if not task.done() and task.cancel():
+            rt.expired.add(task)
 
     def _on_done(
         self,
@@ -635,7 +672,7 @@ class Bridge:
             if outcome == "completed":
                 future.set_result(task.result())
             elif outcome == "cancelled":
-                future.set_exception(concurrent.futures.CancelledError())
+                future._set_cancelled()
             else:
                 assert exc is not None
                 future.set_exception(exc)
@@ -678,6 +715,7 @@ class Bridge:
     async def _cleanup(self, rt: _Runtime, cleaned: threading.Event, budget: float) -> None:
         loop = asyncio.get_running_loop()
         end = loop.time() + budget
+        rt.cleaning = True
         try:
             self._cancel_unstarted(rt)
             tasks = [t for t in rt.tasks if not t.done()]
@@ -690,6 +728,10 @@ class Bridge:
                 await _bounded(callback(), end - loop.time())
             await _bounded(loop.shutdown_default_executor(), end - loop.time())
         finally:
+            self._cancel_unstarted(rt)  # whatever arrived while the steps above awaited
+            waiters, rt.idle_waiters = rt.idle_waiters, []
+            for waiter in waiters:  # drain() callers: nothing more will run here
+                waiter()
             loop.stop()
             cleaned.set()
 
@@ -724,7 +766,7 @@ class Bridge:
             with rt.room:
                 rt.room_waiters += 1
                 try:
-                    while len(rt.inbox) + rt.running >= self._max_pending:
+                    while len(rt.inbox) + rt.running >= self._max_pending and not rt.closed:
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
                             break
@@ -732,9 +774,16 @@ class Bridge:
                         # for longer than one slice.
                         rt.room.wait(min(remaining, 0.05))
                     else:
-                        return True
+                        if not rt.closed:
+                            return True
                 finally:
                     rt.room_waiters -= 1
+            if rt.closed:  # shutdown began while we waited
+                if raise_full:
+                    self._drop(rt, coro, "closed", warn=False)
+                    raise BridgeClosed("the bridge was shut down while waiting for room")
+                self._drop(rt, coro, "closed")
+                return False
         if raise_full or policy == "raise":
             self._drop(rt, coro, "full", warn=False)
             raise BacklogFull(
@@ -778,30 +827,59 @@ class Bridge:
 
 
 class _BridgeFuture(concurrent.futures.Future[T]):
-    """A future whose ``cancel()`` also cancels the coroutine once it runs on the loop."""
+    """A future whose ``cancel()`` also cancels the coroutine once it runs on the loop.
+
+    ``cancel()`` on a running coroutine asks its task to cancel and returns True; the future
+    becomes cancelled when the task does (a coroutine that swallows the cancellation finishes
+    normally and the future carries its result, as with asyncio).
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
         self._loop = loop
         self._task: asyncio.Task[Any] | None = None
+        self._cancel_requested = False
 
     def cancel(self) -> bool:
         if super().cancel():
             return True
+        if self.done():
+            return False
+        self._cancel_requested = True  # read by the loop if the task does not exist yet
         task = self._task
-        if task is None or self.done():
-            return False
-        try:
-            self._loop.call_soon_threadsafe(task.cancel)
-        except RuntimeError:
-            return False
+        if task is not None:
+            try:
+                self._loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # the loop is closed: shutdown has settled the task already
+                return False
         return True
+
+    def _set_cancelled(self) -> None:
+        """Put a running future in the cancelled state (concurrent.futures has no public way)."""
+        with self._condition:
+            if self._state in (_FINISHED, _CANCELLED, _CANCELLED_AND_NOTIFIED):
+                return
+            self._state = _CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
 
 
 def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
     asyncio.set_event_loop(loop)
     try:
-        loop.run_forever()
+        while True:
+            try:
+                loop.run_forever()
+                return  # stopped by shutdown
+            except (SystemExit, KeyboardInterrupt) as exc:
+                # asyncio lets these escape run_forever after storing them on the task; keep
+                # the loop alive: the task's done callback counts and reports the failure.
+                logger.debug("asyncbridge loop resumed after a coroutine raised %r", exc)
+    except BaseException:
+        logger.exception("asyncbridge loop thread died; work handed to it is lost")
+        raise
     finally:
         try:
             loop.close()

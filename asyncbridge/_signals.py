@@ -11,11 +11,34 @@ from types import FrameType
 
 from ._api import default_bridge
 
-__all__ = ["install_signal_handlers"]
+__all__ = ["EXIT_SIGNALS", "ignore_exit_signals", "install_signal_handlers"]
 
 logger = logging.getLogger("asyncbridge")
 
 _Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
+
+EXIT_SIGNALS: tuple[int, ...] = tuple(
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP")
+    if hasattr(signal, name)
+)
+
+
+def ignore_exit_signals(signals: tuple[int, ...] = EXIT_SIGNALS) -> None:
+    """Ignore further exit signals in a process that is draining on its way out.
+
+    A second signal (Ctrl-C or systemd signalling the whole process group, then the server's
+    master sending its own) would otherwise run an exit handler inside the drain and cut it
+    short, losing its report. The drain is bounded, and SIGKILL still ends the process.
+    Only the main thread may change signal dispositions; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in signals:
+        try:
+            signal.signal(signum, signal.SIG_IGN)
+        except (OSError, ValueError):
+            pass
 
 
 def install_signal_handlers(
@@ -26,7 +49,10 @@ def install_signal_handlers(
     For plain processes only: gunicorn and uWSGI install their own handlers, and their exit hooks
     drain (see :mod:`asyncbridge.gunicorn` and :mod:`asyncbridge.uwsgi`). After the drain, the
     previous handler runs: Python's default SIGINT handler raises ``KeyboardInterrupt``; a
-    default SIGTERM ends the process with that signal.
+    default SIGTERM ends the process with that signal. While the drain runs, further exit
+    signals are ignored (a second Ctrl-C cannot cut it short; it lasts at most the deadline plus
+    about a second); afterwards every signal does what it did before. A signal that is ignored
+    (``SIG_IGN``, as SIGINT is for background jobs) or handled in C is left alone.
 
     Args:
         signals: The signals to handle.
@@ -42,21 +68,30 @@ def install_signal_handlers(
         raise AsyncBridgeError(
             "install_signal_handlers() must be called from the main thread (a Python rule)"
         )
+    previous: dict[int, _Handler] = {}
     for signum in signals:
-        previous = signal.getsignal(signum)
+        current = signal.getsignal(signum)
+        if current in (signal.SIG_IGN, None):
+            # Ignored on purpose (a background job's SIGINT) or owned by C code: leave it.
+            continue
+        previous[signum] = current
+    for signum in previous:
         signal.signal(signum, _make_handler(previous, timeout))
 
 
 def _make_handler(
-    previous: _Handler, timeout: float | None
+    handlers: dict[int, _Handler], timeout: float | None
 ) -> Callable[[int, FrameType | None], None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         logger.info("asyncbridge: %s received, draining", signal.Signals(signum).name)
+        ignore_exit_signals(tuple(handlers))  # a second Ctrl-C must not cut the drain short
         default_bridge().shutdown(timeout)
+        for other, before in handlers.items():  # from now on, signals do what they did before
+            signal.signal(other, before if before is not None else signal.SIG_DFL)
+        previous = handlers[signum]
         if callable(previous):
             previous(signum, frame)
         elif previous == signal.SIG_DFL:
-            signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
 
     return handler

@@ -55,8 +55,9 @@ class ShutdownReport:
         stats: The final accounting of this process's bridge.
         cancelled_names: Qualified names of the coroutines cancelled at the deadline (never their
             arguments, which may carry secrets).
-        abandoned: Coroutines still pending or running when shutdown gave up on an unresponsive
-            loop (one blocked by synchronous code). They are lost with the process.
+        abandoned: Coroutines still pending or running when shutdown ended: the loop was blocked
+            by synchronous code, or a coroutine ignored its cancellation. They are lost with the
+            process.
         elapsed: Seconds the shutdown took.
         timeout: The drain deadline it was given, in seconds.
     """
@@ -82,7 +83,10 @@ class ShutdownReport:
             f"dropped_full={s.dropped.get('full', 0)} dropped_closed={s.dropped.get('closed', 0)}",
         ]
         if self.abandoned:
-            parts.append(f"abandoned={self.abandoned} (the loop did not respond)")
+            parts.append(
+                f"abandoned={self.abandoned} (still running at the end: a blocked loop or a "
+                "coroutine that ignored cancellation)"
+            )
         if self.cancelled_names:
             parts.append("cancelled at the deadline: " + _summarize(self.cancelled_names))
         return " ".join(parts)

@@ -29,6 +29,7 @@ from typing import Any
 
 from ._api import default_bridge
 from ._bridge import SHUTDOWN_MARGIN
+from ._signals import ignore_exit_signals
 from ._stats import ShutdownReport
 
 __all__ = [
@@ -168,6 +169,9 @@ def worker_exit(server: Any, worker: Any) -> None:
     bridge = default_bridge()
     if worker.pid != os.getpid() or not bridge.owns_loop():
         return
+    # A second signal (Ctrl-C to the process group, then the master's own) would raise
+    # SystemExit inside the drain through gunicorn's handlers and cut it short.
+    ignore_exit_signals()
     report = bridge.shutdown(_deadline_for(worker), log=False)
     _log_report(worker.log, report)
 

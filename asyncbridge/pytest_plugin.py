@@ -181,7 +181,7 @@ def _installed(bridge: B) -> Iterator[B]:
         if report.abandoned:
             raise AsyncBridgeError(
                 f"the test's bridge loop did not respond at teardown: {report}; a coroutine "
-                "blocked it with synchronous code"
+                "blocked it with synchronous code or ignored its cancellation"
             )
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import signal
-import threading
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 from ._api import default_bridge
 from ._bridge import SHUTDOWN_MARGIN, Bridge
 from ._errors import AsyncBridgeError
+from ._signals import ignore_exit_signals
 
 __all__ = [
     "DEFAULT_WORKER_RELOAD_MERCY",
@@ -198,7 +197,7 @@ class _AtExit:
         # fork belongs to the parent.
         owner = self.bridge.owns_loop()
         if owner:
-            _ignore_repeated_exit_signals()
+            ignore_exit_signals()
         try:
             # The user's hook first: work it hands to the bridge is drained too.
             if self.previous is not None:
@@ -207,20 +206,3 @@ class _AtExit:
             if self.bridge.owns_loop():  # the user's hook may have started it
                 deadline = exit_deadline(self.bridge.options.drain_timeout, self.uwsgi.opt)
                 self.bridge.shutdown(deadline)
-
-
-_EXIT_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
-
-
-def _ignore_repeated_exit_signals() -> None:
-    # The worker is already exiting. A second exit signal (Ctrl-C or systemd signal the whole
-    # process group, then the master sends its own) would run uWSGI's handler again, which calls
-    # exit() inside this one and ends the worker mid-drain. worker-reload-mercy's SIGKILL still
-    # bounds the exit.
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for name in _EXIT_SIGNALS:
-        try:
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
-        except (AttributeError, OSError, ValueError):
-            pass

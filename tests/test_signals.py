@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -30,8 +31,8 @@ SCRIPT = textwrap.dedent(
     asyncbridge.install_signal_handlers(timeout=5)
     for i in range(20):
         asyncbridge.run_soon(job(i))
-    print("READY", flush=True)
     try:
+        print("READY", flush=True)
         while True:
             time.sleep(0.05)
     except KeyboardInterrupt:
@@ -91,3 +92,34 @@ def test_install_signal_handlers_outside_the_main_thread_is_refused() -> None:
     t.start()
     t.join(5)
     assert len(errors) == 1 and "main thread" in str(errors[0])
+
+
+def test_a_second_signal_during_the_drain_does_not_cut_it_short() -> None:
+    proc = _start()
+    try:
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.1)  # the drain is under way (the jobs take 0.3 s)
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert proc.returncode == 0, out
+    assert "accepted=20 completed=20" in out
+    assert "KeyboardInterrupt after drain, done 20" in out
+
+
+def test_an_ignored_signal_stays_ignored() -> None:
+    code = (
+        "import signal, asyncbridge\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "asyncbridge.install_signal_handlers()\n"
+        "print(signal.getsignal(signal.SIGTERM) is signal.SIG_IGN,"
+        " signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "False"]

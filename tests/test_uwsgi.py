@@ -46,17 +46,6 @@ class FakeUwsgi(types.ModuleType):
 EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
-@pytest.fixture(autouse=True)
-def restore_signal_handlers() -> Iterator[None]:
-    """The exit hook ignores exit signals (it expects the process to end); undo that here."""
-    saved = {signum: signal.getsignal(signum) for signum in EXIT_SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, handler in saved.items():
-            signal.signal(signum, handler)
-
-
 @pytest.fixture
 def bridge() -> Iterator[Bridge]:
     b = Bridge(drain_timeout=10)
