@@ -282,7 +282,7 @@ def test_sigint_quick_path_drains_what_fits_and_reports_the_rest(
 ) -> None:
     fast_n, slow_n = 10, 6
     with (
-        Sink(delay=0.2) as fast,
+        Sink(delay=0.05) as fast,
         Sink(delay=3) as slow,
         gunicorn(
             tmp_path, fast, worker_class=worker_class, env={"NOTIFY_SLOW_SINK_URL": slow.url}

@@ -184,11 +184,13 @@ def test_graceful_reload_in_the_middle_of_the_load_loses_nothing(
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/stats", START_TIMEOUT, server.proc)
         with ThreadPoolExecutor(1) as pool:
-            load = pool.submit(_fire, base, 300, 2)
+            load = pool.submit(_fire, base, 150, 2)
             assert wait_until(lambda: sink.received >= 30, 30)
-            _command(fifo, b"r")  # graceful reload
+            _command(fifo, b"r")  # graceful reload, with requests in flight
             accepted = load.result(60)
         assert wait_until(lambda: "gracefully (RE)spawned uWSGI master" in server.output(), 30)
+        wait_http(f"{base}/stats", START_TIMEOUT, server.proc)
+        accepted += _fire(base, 150, 2)  # the new generation serves the rest for certain
         _wait_settled(server, out)
         _quit(fifo)
         assert server.wait(30) == 0
