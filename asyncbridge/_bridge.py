@@ -215,7 +215,9 @@ class Bridge:
         """Change options. Each takes effect at once, ``loop_factory`` at the next loop start.
 
         Args:
-            max_pending: Bound on accepted but unfinished coroutines (default 10000).
+            max_pending: Bound on accepted but unfinished coroutines (default 10000). The
+                check takes no lock, so threads handing off at the same instant may each
+                overshoot it by one.
             max_concurrency: How many run at once; the rest wait in order (default 100;
                 None for no limit).
             on_full: ``"drop"`` (default), ``"raise"`` or ``"block"``, when the backlog is full.

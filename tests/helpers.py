@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,21 @@ async def sleeper(seconds: float, result: object = None) -> object:
     return result
 
 
+def wait_child(pid: int, timeout: float) -> int:
+    """waitpid with a deadline; a child alive at the deadline is killed and the test fails."""
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail(f"child {pid} did not exit within {timeout}s (deadlock?)")
+
+
 def run_python(code: str, timeout: float = 60, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter with the project importable; bounded in time."""
     return subprocess.run(
@@ -61,4 +78,12 @@ def run_python(code: str, timeout: float = 60, **kwargs: Any) -> subprocess.Comp
     )
 
 
-__all__ = ["FORK_WARNING", "ROOT", "assert_invariant", "asyncbridge", "fresh_bridge", "sleeper"]
+__all__ = [
+    "FORK_WARNING",
+    "ROOT",
+    "assert_invariant",
+    "asyncbridge",
+    "fresh_bridge",
+    "sleeper",
+    "wait_child",
+]

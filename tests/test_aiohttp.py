@@ -16,6 +16,7 @@ import asyncbridge.aiohttp as ab_aiohttp
 from asyncbridge import AsyncBridgeError, Bridge, Stats
 
 from .e2e.sink import Sink
+from .helpers import wait_child
 
 
 def _outcomes(s: Stats) -> tuple[int, int, int, int, int, int, int]:
@@ -157,10 +158,10 @@ def test_forked_child_gets_its_own_session(sink: Sink, bridge: Bridge) -> None:
         finally:
             os._exit(code)
     os.close(write_end)
-    _, status = os.waitpid(pid, 0)
+    code = wait_child(pid, 30)
     with os.fdopen(read_end, "rb") as pipe:
         said = pipe.read().decode()
-    assert os.waitstatus_to_exitcode(status) == 0, said
+    assert code == 0, said
     assert sink.ids == {"parent": 1, "child": 1}
     assert not parent_session.closed  # the child's shutdown closed only its own session
 

@@ -14,7 +14,7 @@ import pytest
 
 from asyncbridge import Bridge, _bridge
 
-from .helpers import FORK_WARNING, assert_invariant, sleeper
+from .helpers import FORK_WARNING, assert_invariant, sleeper, wait_child
 
 pytestmark = pytest.mark.filterwarnings(FORK_WARNING)
 
@@ -36,21 +36,8 @@ def test_the_fork_marker_reads_one_here_and_zero_in_a_forked_child() -> None:
     pid = os.fork()
     if pid == 0:
         os._exit(10 + marker[0])
-    assert _wait_child(pid, 10) == 10
+    assert wait_child(pid, 10) == 10
     assert marker[0] == 1
-
-
-def _wait_child(pid: int, timeout: float) -> int:
-    """waitpid with a deadline; a child still alive at the deadline is killed and fails the test."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    pytest.fail(f"child {pid} did not exit within {timeout}s (deadlock?)")
 
 
 @pytest.mark.usefixtures("fork_detection")
@@ -93,7 +80,7 @@ def test_child_gets_a_fresh_loop_and_never_runs_the_parents_queued_work() -> Non
         finally:
             os._exit(0)
     os.close(write_fd)
-    code = _wait_child(pid, 30)
+    code = wait_child(pid, 30)
     with os.fdopen(read_fd) as pipe:
         facts = json.loads(pipe.read())
     assert code == 0
@@ -142,7 +129,7 @@ def test_two_hundred_forks_while_four_threads_hammer_run_soon() -> None:
                     code = 0 if ok and (s.accepted, s.completed) == (1, 1) else 2
                 finally:
                     os._exit(code)
-            assert _wait_child(pid, 20) == 0
+            assert wait_child(pid, 20) == 0
     finally:
         stop.set()
         for t in threads:

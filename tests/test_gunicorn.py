@@ -20,6 +20,8 @@ from asyncbridge import Bridge
 from asyncbridge import gunicorn as hooks
 from asyncbridge.gunicorn import MARGIN, QUICK_TIMEOUT, chain, drain_deadline
 
+from .helpers import wait_child
+
 
 class FakeLog:
     def __init__(self) -> None:
@@ -277,10 +279,10 @@ def test_post_fork_in_a_forked_child_starts_a_loop_of_its_own(bridge: Bridge) ->
         finally:
             os._exit(code)
     os.close(write_fd)
+    code = wait_child(pid, 30)
     with os.fdopen(read_fd, "rb") as pipe:
         data = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert code == 0
     assert pickle.loads(data) == {"new_loop": True, "result": "ran", "completed": 1, "pid": True}
     # The parent's loop was left alone.
     assert bridge.get_loop() is parent_loop

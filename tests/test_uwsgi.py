@@ -21,6 +21,8 @@ import asyncbridge.uwsgi
 from asyncbridge import AsyncBridgeError, Bridge
 from asyncbridge.uwsgi import EXIT_MARGIN, exit_deadline, install, worker_reload_mercy
 
+from .helpers import wait_child
+
 # Fork tests run in a threaded process on purpose; Python 3.12+ warns about exactly that.
 FORK_WARNING = "ignore:This process .* is multi-threaded, use of fork:DeprecationWarning"
 
@@ -153,8 +155,7 @@ def test_post_fork_in_a_child_replaces_the_loop_inherited_from_the_master(
             code = 0 if ok and report.stats.completed == 1 and report.clean else 2
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert wait_child(pid, 30) == 0
     # The parent's loop was not touched by the child.
     assert bridge.stats().loop_running is True
     assert bridge.stats().completed == 1
