@@ -37,6 +37,23 @@ _DROP_WARNING_INTERVAL = 10.0
 
 _getpid = os.getpid
 _copy_context = contextvars.copy_context
+_monotonic = time.monotonic
+
+# Back-off for a starved loop. Later callers only append while a wake-up is pending, so none of
+# them releases the GIL; with CPU-bound request threads the loop thread then gets it only on the
+# interpreter's 5 ms forced switches, shared with every other thread (a publish delay of hundreds
+# of ms at p99 with 8 such threads). A caller that finds a backlog and the wake-up overdue sleeps
+# briefly, which hands the GIL over. The backlog test comes first, so a loop that keeps up costs
+# callers one comparison. bench/publish_delay.py measures it.
+_BACKLOG_BEFORE_BACKOFF = 8
+_STARVED = 0.002
+_BACKOFF = 0.0005
+
+
+def _back_off(rt: _Runtime) -> None:
+    if not rt.in_loop_thread():  # never on the loop itself: it is the one we wait for
+        time.sleep(_BACKOFF)
+
 
 # Runtimes inherited through fork. Their loop, thread and queued coroutines belong to the parent;
 # dropping the last reference would let the garbage collector close coroutines here, running
@@ -105,6 +122,7 @@ class _Runtime:
         "room_waiters",
         "running",
         "scheduled",
+        "scheduled_at",
         "taken",
         "tasks",
         "thread",
@@ -123,6 +141,7 @@ class _Runtime:
         self.inbox: collections.deque[_Item] = collections.deque()
         # True while a wake-up (_pull) is queued on the loop: later callers need not queue another.
         self.scheduled = False
+        self.scheduled_at = 0.0  # when `scheduled` was set (time.monotonic)
         self.closed = False  # admission closed by shutdown
         self.cleaning = False  # past the drain: nothing more may start on the loop
         self.finished = False  # the loop is gone; whoever appends now must sweep the inbox
@@ -264,7 +283,8 @@ class Bridge:
         if rt.closed:
             self._drop(rt, coro, "closed")
             return False
-        if len(rt.inbox) + rt.running >= self._max_pending and not self._make_room(rt, coro):
+        backlog = len(rt.inbox)
+        if backlog + rt.running >= self._max_pending and not self._make_room(rt, coro):
             return False
         rt.inbox.append((coro, _copy_context(), None))
         # Coalesced wake-up: only the first hand-off after the loop drained its inbox pays for
@@ -272,13 +292,17 @@ class Bridge:
         # `scheduled`, and the loop's `scheduled = False` before its read of the inbox. On a
         # free-threaded build both pairs need a real fence: the flag would become an atomic
         # exchange (or the check-and-set would take a lock) so that no append is left unseen.
+        # (submit() repeats these lines through _wake; inline here, a call costs the hot path.)
         if not rt.scheduled:
             rt.scheduled = True
+            rt.scheduled_at = _monotonic()
             try:
                 rt.loop.call_soon_threadsafe(self._pull, rt)  # type: ignore[union-attr]
             except RuntimeError:  # the loop closed under us: shutdown raced this call
                 self._sweep(rt)
                 return True
+        elif backlog >= _BACKLOG_BEFORE_BACKOFF and _monotonic() - rt.scheduled_at > _STARVED:
+            _back_off(rt)
         if rt.finished:
             self._sweep(rt)
         return True
@@ -308,18 +332,26 @@ class Bridge:
             rt, coro, raise_full=True
         ):
             raise AssertionError("unreachable: _make_room raises when raise_full is set")
+        backlog = len(rt.inbox)
         future = _BridgeFuture[T](rt.loop)  # type: ignore[arg-type]
         rt.inbox.append((coro, _copy_context(), future))
+        self._wake(rt, backlog)
+        return future
+
+    def _wake(self, rt: _Runtime, backlog: int) -> None:
+        """After an append: queue the loop's wake-up, or back off if it is overdue."""
         if not rt.scheduled:
             rt.scheduled = True
+            rt.scheduled_at = _monotonic()
             try:
                 rt.loop.call_soon_threadsafe(self._pull, rt)  # type: ignore[union-attr]
             except RuntimeError:
                 self._sweep(rt)
-                return future
+                return
+        elif backlog >= _BACKLOG_BEFORE_BACKOFF and _monotonic() - rt.scheduled_at > _STARVED:
+            _back_off(rt)
         if rt.finished:
             self._sweep(rt)
-        return future
 
     def run(self, coro: Coroutine[Any, Any, T], /, *, timeout: float | None = None) -> T:
         """Run ``coro`` on the bridge loop and block until it finishes.

@@ -608,3 +608,29 @@ def test_drain_returns_when_shutdown_gives_up_on_a_coroutine_that_ignores_cancel
     assert drained == [False]  # it returned, and says the bridge did not go idle
     assert report.abandoned == 1
     assert "ignored cancellation" in str(report)
+
+
+def test_a_caller_backs_off_only_when_the_loop_is_starved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from asyncbridge import _bridge
+
+    backed_off: list[int] = []
+    monkeypatch.setattr(_bridge, "_back_off", lambda rt: backed_off.append(len(rt.inbox)))
+    parked = threading.Event()
+    with fresh_bridge() as bridge:
+        bridge.get_loop().call_soon_threadsafe(parked.wait, 5)  # the loop cannot pull
+        try:
+            bridge.run_soon(sleeper(0))  # queues the wake-up
+            bridge._rt.scheduled_at = time.monotonic() + 60  # "just queued", however slow we are
+            for _ in range(_bridge._BACKLOG_BEFORE_BACKOFF + 1):
+                bridge.run_soon(sleeper(0))
+            assert backed_off == []  # a backlog, but the wake-up is not overdue yet
+            bridge._rt.scheduled_at = time.monotonic() - 1.0  # the wake-up has waited a second
+            bridge.run_soon(sleeper(0))
+            bridge.submit(sleeper(0))
+            assert len(backed_off) == 2
+        finally:
+            parked.set()
+        assert bridge.drain(5)
+        assert bridge.stats().completed == _bridge._BACKLOG_BEFORE_BACKOFF + 4
