@@ -6,13 +6,18 @@ Three regimes, every row measured in the same run:
 
 * burst: N calls back to back while the loop runs and competes for the GIL;
 * caller only: the loop is parked in ``threading.Event.wait`` inside a callback (it holds no GIL),
-  so only the caller's own instructions are timed;
+  so only the caller's own instructions are timed. A parked loop looks starved to the core's
+  back-off (c2c8399: 8+ jobs waiting and the wake-up pending > 2 ms, then every call sleeps
+  0.5 ms), so this regime runs with the back-off's backlog limit out of reach
+  (``without_back_off``): the caller then takes the path of a loop that keeps up, one false
+  comparison;
 * paced: one call, then ~200 us of ``time.sleep`` (blocking I/O), so the loop is idle and must be
   woken by every call.
 
-Each call is timed on its own with ``perf_counter_ns``; the timer pair's own cost is printed and is
-included in every row alike. The job records ``perf_counter_ns`` when it runs, so the end-to-end
-columns are per job: from the start of the hand-off until the job ran.
+The burst and paced regimes run the core as it is; the back-offs it took in the burst are counted
+and printed. Each call is timed on its own with ``perf_counter_ns``; the timer pair's own cost is
+printed and is included in every row alike. The job records ``perf_counter_ns`` when it runs, so
+the end-to-end columns are per job: from the start of the hand-off until the job ran.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from _common import machine, percentile, print_table, target_line, wait_for
 from anyio.from_thread import start_blocking_portal
 
 import asyncbridge
+from asyncbridge import _bridge
 
 _now = time.perf_counter_ns
 
@@ -65,6 +71,7 @@ class Result:
     # burst: ns from the first hand-off until the last job ran, per job (throughput);
     # caller only: ns from releasing the parked loop until the last job ran, per job (loop cost).
     per_job: float = float("nan")
+    back_offs: int = 0  # times the core's back-off slept during the row
 
     def us(self, q: float) -> float:
         return percentile(self.calls, q) / 1000
@@ -77,6 +84,35 @@ class Result:
 
     def e2e_us(self, q: float) -> float:
         return percentile(self.e2e, q) / 1000 if self.e2e else float("nan")
+
+
+@contextmanager
+def without_back_off() -> Iterator[None]:
+    """Put the core's back-off out of reach (backlog limit ``sys.maxsize``); restore it after."""
+    saved = _bridge._BACKLOG_BEFORE_BACKOFF
+    _bridge._BACKLOG_BEFORE_BACKOFF = sys.maxsize
+    try:
+        yield
+    finally:
+        _bridge._BACKLOG_BEFORE_BACKOFF = saved
+
+
+@contextmanager
+def counting_back_offs() -> Iterator[list[int]]:
+    """Count the core's back-offs (sleeps) while inside; yields a one-element counter."""
+    count = [0]
+    original = _bridge._back_off
+
+    def counted(rt: Any) -> None:
+        if not rt.in_loop_thread():  # where the core sleeps
+            count[0] += 1
+        original(rt)
+
+    _bridge._back_off = counted
+    try:
+        yield count
+    finally:
+        _bridge._back_off = original
 
 
 # -- the targets: each row is a context manager yielding (make, hand_off, parker) -----------------
@@ -234,6 +270,16 @@ PARKABLE = [RUN_SOON, "asyncbridge.submit", NAIVE, RCTS, BARE, FLOOR]
 
 
 def _measure(name: str, n: int, *, regime: str) -> Result:
+    with ExitStack() as stack:
+        if regime == "caller":
+            stack.enter_context(without_back_off())
+        counter = stack.enter_context(counting_back_offs())
+        result = _measure_once(name, n, regime=regime)
+    result.back_offs = counter[0]
+    return result
+
+
+def _measure_once(name: str, n: int, *, regime: str) -> Result:
     done = [0] * n
     starts = [0] * n
     calls = [0] * n
@@ -306,7 +352,7 @@ def _untimed_mean_us(name: str, n: int) -> float:
     """Mean caller cost with the loop parked and no timer inside the loop (caller-only regime)."""
     done = [0] * n
     gc.collect()
-    with ROWS[name](n + 1000, done) as (make, hand_off, parker):
+    with without_back_off(), ROWS[name](n + 1000, done) as (make, hand_off, parker):
         release = parker() if parker is not None else None
         try:
             t0 = _now()
@@ -403,6 +449,13 @@ def main(argv: list[str] | None = None) -> int:
         "wall per job us",
     ]
     print_table("burst (loop running)", header, rows_of(burst, RUN_SOON))
+    print(
+        "\nback-offs taken in the burst (0.5 ms sleeps; per round): "
+        + "; ".join(
+            f"{name} {[r.back_offs for r in burst[name]]} of {len(burst[name][0].calls)} calls"
+            for name in (RUN_SOON, "asyncbridge.submit")
+        )
+    )
     caller_header = [*header[:4], "p50 / floor", *header[5:7], "loop drain per job us"]
     print_table("caller only (loop parked)", caller_header, rows_of(caller, FLOOR))
     print_table(

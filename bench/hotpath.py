@@ -5,6 +5,12 @@ Run: ``.venv/bin/python bench/hotpath.py`` (``--smoke`` for a quick run).
 Each line is the best of several ``timeit`` repeats of one statement, in ns per call. The
 prototype is a subclass that changes only ``run_soon``'s fast path: it shows what a change to the
 core would buy, measured in the same run as the real thing.
+
+With the loop parked the inbox only grows, which the core's back-off (c2c8399) takes for a starved
+loop: it would sleep 0.5 ms per call. The timings therefore run with the back-off's backlog limit
+out of reach (``without_back_off``), which leaves exactly the path of a loop that keeps up: one
+false comparison. What the back-off's test costs once the backlog passes the limit is printed
+separately.
 """
 
 from __future__ import annotations
@@ -17,15 +23,18 @@ import mmap
 import os
 import sys
 import threading
+import time
 import timeit
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from types import CoroutineType
 from typing import Any
 
-from _common import machine, print_table, target_line
+from _common import machine, percentile, print_table, target_line
 
 import asyncbridge
-from asyncbridge._bridge import _copy_context
+from asyncbridge import _bridge
+from asyncbridge._bridge import _STARVED, _back_off, _copy_context, _monotonic
 
 # The core's fast path (since 9f14ff6) tests a MADV_WIPEONFORK page instead of calling
 # os.getpid(); this page is the same mechanism, timed on its own below.
@@ -36,32 +45,58 @@ if _WIPE is not None:
 _PAGE[0] = 1
 
 
+# The prototype's copy of the core's limit: a plain global, as in the core (one LOAD_GLOBAL).
+_BACKLOG_BEFORE_BACKOFF = _bridge._BACKLOG_BEFORE_BACKOFF
+
+
 class FoldedChecksBridge(asyncbridge.Bridge):
     """Prototype: one test for every rare case (fork, wrong type, closed, full) on the fast path.
 
     ``closed`` is folded into the capacity test (limit 0 once closed); anything unusual falls
-    through to the real ``run_soon``, which sorts it out.
+    through to the real ``run_soon``, which sorts it out. The rest is the core's body as of
+    c2c8399: the backlog read once, the wake-up's time noted, the back-off test in the ``elif``.
     """
 
     def run_soon(self, coro: Coroutine[Any, Any, Any], /) -> bool:
         rt = self._rt
+        backlog = len(rt.inbox)
         if (
             not rt.here[0]
             or type(coro) is not CoroutineType
-            or len(rt.inbox) + rt.running >= (0 if rt.closed else self._max_pending)
+            or backlog + rt.running >= (0 if rt.closed else self._max_pending)
         ):
             return super().run_soon(coro)
         rt.inbox.append((coro, _copy_context(), None))
         if not rt.scheduled:
             rt.scheduled = True
+            rt.scheduled_at = _monotonic()
             try:
                 rt.loop.call_soon_threadsafe(self._pull, rt)  # type: ignore[union-attr]
             except RuntimeError:
                 self._sweep(rt)
                 return True
+        elif backlog >= _BACKLOG_BEFORE_BACKOFF and _monotonic() - rt.scheduled_at > _STARVED:
+            _back_off(rt)
         if rt.finished:
             self._sweep(rt)
         return True
+
+
+@contextmanager
+def without_back_off() -> Iterator[None]:
+    """Keep the core's back-off from firing while the loop is parked; restore it after.
+
+    A parked loop looks starved: once 8 jobs wait and the wake-up is 2 ms old, every call would
+    sleep 0.5 ms and this benchmark would time the sleep. A backlog limit no inbox reaches leaves
+    the path of a loop that keeps up: the one comparison ``backlog >= limit``, false.
+    """
+    global _BACKLOG_BEFORE_BACKOFF
+    saved = _bridge._BACKLOG_BEFORE_BACKOFF
+    _bridge._BACKLOG_BEFORE_BACKOFF = _BACKLOG_BEFORE_BACKOFF = sys.maxsize
+    try:
+        yield
+    finally:
+        _bridge._BACKLOG_BEFORE_BACKOFF = _BACKLOG_BEFORE_BACKOFF = saved
 
 
 _inbox: collections.deque[tuple[object, contextvars.Context, None]] = collections.deque()
@@ -95,6 +130,29 @@ def _park(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
     if not parked.wait(10):
         raise TimeoutError("the loop did not park")
     return release.set
+
+
+def _back_off_test_ns(n: int, repeat: int) -> float:
+    """ns per evaluation of the core's back-off test with a backlog past the limit (no sleep)."""
+    env = {
+        "backlog": 100,
+        "limit": _bridge._BACKLOG_BEFORE_BACKOFF,
+        "monotonic": _monotonic,
+        "at": _monotonic(),
+        "starved": _STARVED,
+    }
+    stmt = "backlog >= limit and monotonic() - at > starved"
+    return min(timeit.Timer(stmt, globals=env).repeat(repeat, n)) / n * 1e9
+
+
+def _back_off_sleep_us(count: int) -> list[float]:
+    """What the back-off's ``time.sleep(_BACKOFF)`` really takes here, in us, ``count`` times."""
+    out = []
+    for _ in range(count):
+        t0 = time.perf_counter_ns()
+        time.sleep(_bridge._BACKOFF)
+        out.append((time.perf_counter_ns() - t0) / 1000)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,10 +205,11 @@ def main(argv: list[str] | None = None) -> int:
             "minimal_hand_off": minimal_hand_off,
         }
         try:
-            for label, stmt in statements:
-                elapsed = timeit.Timer(stmt, globals=env).timeit(n)
-                best[label] = min(best[label], elapsed / n * 1e9)
-                scratch.clear()
+            with without_back_off():
+                for label, stmt in statements:
+                    elapsed = timeit.Timer(stmt, globals=env).timeit(n)
+                    best[label] = min(best[label], elapsed / n * 1e9)
+                    scratch.clear()
         finally:
             for release in releases:
                 release()
@@ -169,6 +228,14 @@ def main(argv: list[str] | None = None) -> int:
         [[label, ns, ns / floor] for label, ns in results.items()],
     )
     print(f"\nos.getpid() is a system call here: {results['piece: os.getpid()']:.0f} ns per call")
+    test_ns = _back_off_test_ns(n, args.repeat)
+    sleeps = _back_off_sleep_us(20 if args.smoke else 500)
+    print(
+        f"back-off test once the backlog reaches {_bridge._BACKLOG_BEFORE_BACKOFF} "
+        f"(the comparison, a monotonic() read, a subtraction, a comparison): {test_ns:.0f} ns; "
+        f"the back-off itself, time.sleep({_bridge._BACKOFF:g}): "
+        f"p50 {percentile(sleeps, 50):.0f} us, p99 {percentile(sleeps, 99):.0f} us"
+    )
     print("\n### targets (ratios from this run)\n")
     target_line(
         "caller only: Bridge.run_soon / floor",
