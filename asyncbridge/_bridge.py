@@ -44,9 +44,12 @@ _monotonic = time.monotonic
 # interpreter's 5 ms forced switches, shared with every other thread (a publish delay of hundreds
 # of ms at p99 with 8 such threads). A caller that finds a backlog and the wake-up overdue sleeps
 # briefly, which hands the GIL over. The backlog test comes first, so a loop that keeps up costs
-# callers one comparison. bench/publish_delay.py measures it.
+# callers one comparison. A wake-up pending for longer than _GIVE_UP means a loop blocked by its
+# own work (sleeping would not help it), so callers stop paying then. bench/publish_delay.py
+# measures it.
 _BACKLOG_BEFORE_BACKOFF = 8
 _STARVED = 0.002
+_GIVE_UP = 0.1
 _BACKOFF = 0.0005
 
 
@@ -301,7 +304,10 @@ class Bridge:
             except RuntimeError:  # the loop closed under us: shutdown raced this call
                 self._sweep(rt)
                 return True
-        elif backlog >= _BACKLOG_BEFORE_BACKOFF and _monotonic() - rt.scheduled_at > _STARVED:
+        elif (
+            backlog >= _BACKLOG_BEFORE_BACKOFF
+            and _STARVED < _monotonic() - rt.scheduled_at < _GIVE_UP
+        ):
             _back_off(rt)
         if rt.finished:
             self._sweep(rt)
@@ -348,7 +354,10 @@ class Bridge:
             except RuntimeError:
                 self._sweep(rt)
                 return
-        elif backlog >= _BACKLOG_BEFORE_BACKOFF and _monotonic() - rt.scheduled_at > _STARVED:
+        elif (
+            backlog >= _BACKLOG_BEFORE_BACKOFF
+            and _STARVED < _monotonic() - rt.scheduled_at < _GIVE_UP
+        ):
             _back_off(rt)
         if rt.finished:
             self._sweep(rt)

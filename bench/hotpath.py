@@ -34,7 +34,7 @@ from _common import machine, percentile, print_table, target_line
 
 import asyncbridge
 from asyncbridge import _bridge
-from asyncbridge._bridge import _STARVED, _back_off, _copy_context, _monotonic
+from asyncbridge._bridge import _GIVE_UP, _STARVED, _back_off, _copy_context, _monotonic
 
 # The core's fast path (since 9f14ff6) tests a MADV_WIPEONFORK page instead of calling
 # os.getpid(); this page is the same mechanism, timed on its own below.
@@ -75,7 +75,10 @@ class FoldedChecksBridge(asyncbridge.Bridge):
             except RuntimeError:
                 self._sweep(rt)
                 return True
-        elif backlog >= _BACKLOG_BEFORE_BACKOFF and _monotonic() - rt.scheduled_at > _STARVED:
+        elif (
+            backlog >= _BACKLOG_BEFORE_BACKOFF
+            and _STARVED < _monotonic() - rt.scheduled_at < _GIVE_UP
+        ):
             _back_off(rt)
         if rt.finished:
             self._sweep(rt)

@@ -58,12 +58,6 @@ def _calibrate() -> None:
 HandOff = Callable[[Coroutine[Any, Any, None]], object]
 
 
-# The back-off prototype that lived here is the core's behaviour since c2c8399. The name stays,
-# as the plain Bridge, because bench/seed_gunicorn_conf.py imports it for seed_scenario's
-# asyncbridge_backoff mode, which is therefore now the same as its asyncbridge mode.
-YieldingBridge = asyncbridge.Bridge
-
-
 @contextmanager
 def without_back_off() -> Iterator[None]:
     """Switch the core's back-off off (as before c2c8399) for the duration; restore it after.
@@ -233,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(
         f"back-off (asyncbridge._bridge): a caller that finds >= {_bridge._BACKLOG_BEFORE_BACKOFF} "
-        f"jobs waiting and the wake-up pending > {_bridge._STARVED * 1000:g} ms sleeps "
-        f"{_bridge._BACKOFF * 1000:g} ms"
+        f"jobs waiting and the wake-up pending > {_bridge._STARVED * 1000:g} ms (and < "
+        f"{_bridge._GIVE_UP * 1000:g} ms: older means blocked) sleeps {_bridge._BACKOFF * 1000:g} ms"
     )
     rows: list[list[object]] = []
     saturated: dict[str, float] = {}

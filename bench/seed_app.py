@@ -1,7 +1,6 @@
 """The seed scenario's WSGI app: one notification per request, sent the way ``SEED_MODE`` says.
 
-Environment: ``SEED_MODE`` (ceiling, blocking, thread, naive, asyncbridge, and
-asyncbridge_backoff: the publish-delay prototype as the default bridge, set in the config),
+Environment: ``SEED_MODE`` (ceiling, blocking, thread, naive, asyncbridge),
 ``SEED_SINK`` (the sink's URL), ``SEED_OUT`` (a directory; each worker writes ``<pid>.json`` with
 how many notifications it accepted, and how many requests it served, when it exits).
 """
@@ -27,7 +26,7 @@ import asyncbridge.aiohttp
 MODE = os.environ.get("SEED_MODE", "ceiling")
 SINK = os.environ.get("SEED_SINK", "http://127.0.0.1:9/notify")
 OUT = Path(os.environ.get("SEED_OUT", "."))
-MODES = ("ceiling", "blocking", "thread", "naive", "asyncbridge", "asyncbridge_backoff")
+MODES = ("ceiling", "blocking", "thread", "naive", "asyncbridge")
 
 _ids = itertools.count()
 _accepted = 0
@@ -84,7 +83,7 @@ def _notify(payload: dict[str, Any]) -> bool:
         loop = _naive()
         loop.call_soon_threadsafe(loop.create_task, _post_naive(payload))
         return True
-    if MODE in ("asyncbridge", "asyncbridge_backoff"):
+    if MODE == "asyncbridge":
         return asyncbridge.run_soon(_post_bridge(payload))
     return False
 

@@ -44,7 +44,6 @@ MODES = {
     "thread": "thread per call (requests)",
     "naive": "naive loop-in-thread (no drain)",
     "asyncbridge": "asyncbridge.run_soon + aiohttp helper",
-    "asyncbridge_backoff": "asyncbridge with the publish-delay back-off prototype",
 }
 DEFAULT_MODES = ["ceiling", "blocking", "thread", "naive", "asyncbridge"]
 

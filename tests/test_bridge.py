@@ -596,27 +596,35 @@ def test_drain_returns_when_shutdown_gives_up_on_a_coroutine_that_ignores_cancel
     assert "ignored cancellation" in str(report)
 
 
-def test_a_caller_backs_off_only_when_the_loop_is_starved(
+def test_a_caller_backs_off_only_while_the_loop_is_starved(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from types import SimpleNamespace
+
     from asyncbridge import _bridge
 
-    backed_off: list[int] = []
-    monkeypatch.setattr(_bridge, "_back_off", lambda rt: backed_off.append(len(rt.inbox)))
+    sleeps: list[float] = []
+    monkeypatch.setattr(
+        _bridge, "time", SimpleNamespace(sleep=sleeps.append, monotonic=time.monotonic)
+    )
     parked = threading.Event()
     with fresh_bridge() as bridge:
         bridge.get_loop().call_soon_threadsafe(parked.wait, 5)  # the loop cannot pull
         try:
             bridge.run_soon(sleeper(0))  # queues the wake-up
-            bridge._rt.scheduled_at = time.monotonic() + 60  # "just queued", however slow we are
+            rt = bridge._rt
+            rt.scheduled_at = time.monotonic() + 60  # "just queued", however slow we are
             for _ in range(_bridge._BACKLOG_BEFORE_BACKOFF + 1):
                 bridge.run_soon(sleeper(0))
-            assert backed_off == []  # a backlog, but the wake-up is not overdue yet
-            bridge._rt.scheduled_at = time.monotonic() - 1.0  # the wake-up has waited a second
+            assert sleeps == []  # a backlog, but the wake-up is not overdue yet
+            rt.scheduled_at = time.monotonic() - 0.02  # overdue: the loop is starved
             bridge.run_soon(sleeper(0))
             bridge.submit(sleeper(0))
-            assert len(backed_off) == 2
+            assert sleeps == [_bridge._BACKOFF] * 2
+            rt.scheduled_at = time.monotonic() - 1.0  # far overdue: blocked, not starved
+            bridge.run_soon(sleeper(0))
+            assert len(sleeps) == 2
         finally:
             parked.set()
         assert bridge.drain(5)
-        assert bridge.stats().completed == _bridge._BACKLOG_BEFORE_BACKOFF + 4
+        assert bridge.stats().completed == _bridge._BACKLOG_BEFORE_BACKOFF + 5
