@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"back-off (asyncbridge._bridge): a caller that finds >= {_bridge._BACKLOG_BEFORE_BACKOFF} "
         f"jobs waiting and the wake-up pending > {_bridge._STARVED * 1000:g} ms (and < "
-        f"{_bridge._GIVE_UP * 1000:g} ms: older means blocked) sleeps {_bridge._BACKOFF * 1000:g} ms"
+        f"{_bridge._GIVE_UP * 1000:g} ms: older means blocked) sleeps "
+        f"{_bridge._BACKOFF * 1000:g} ms"
     )
     rows: list[list[object]] = []
     saturated: dict[str, float] = {}
