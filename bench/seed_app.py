@@ -27,6 +27,30 @@ MODE = os.environ.get("SEED_MODE", "ceiling")
 SINK = os.environ.get("SEED_SINK", "http://127.0.0.1:9/notify")
 OUT = Path(os.environ.get("SEED_OUT", "."))
 MODES = ("ceiling", "blocking", "thread", "naive", "asyncbridge")
+# Connections per worker to the sink: 2,000 req/s x 100 ms = 200 in flight, with headroom (see
+# seed_gunicorn_conf.py). The same for the naive loop's session and asyncbridge's pool.
+POOL = 500
+
+# Diagnostics, off by default: SEED_BACKOFF=0 puts the core's back-off for a starved loop out of
+# reach (as bench/handoff.py does for one regime); SEED_POST=raw sends with
+# asyncbridge.aiohttp.session() exactly as the naive mode does, without post_json's decoding;
+# SEED_HELPER_TIMEOUT=aiohttp gives the helper's session aiohttp's default timeouts (total 300 s,
+# sock_connect 30 s: the naive session's) instead of the helper's (total 30, connect 5, read 20).
+RAW_POST = os.environ.get("SEED_POST") == "raw"
+
+if MODE == "asyncbridge":
+    if os.environ.get("SEED_HELPER_TIMEOUT") == "aiohttp":
+        asyncbridge.aiohttp.configure(
+            limit=POOL, timeout=aiohttp.ClientTimeout(300, sock_connect=30)
+        )
+    else:
+        asyncbridge.aiohttp.configure(limit=POOL)
+    if os.environ.get("SEED_BACKOFF") == "0":
+        import sys
+
+        from asyncbridge import _bridge
+
+        _bridge._BACKLOG_BEFORE_BACKOFF = sys.maxsize
 
 _ids = itertools.count()
 _accepted = 0
@@ -52,7 +76,7 @@ def _post_in_thread(payload: dict[str, Any]) -> None:
 async def _post_naive(payload: dict[str, Any]) -> None:
     global _naive_session
     if _naive_session is None:
-        _naive_session = aiohttp.ClientSession()
+        _naive_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=POOL))
     async with _naive_session.post(SINK, json=payload) as response:
         response.raise_for_status()
 
@@ -69,6 +93,10 @@ def _naive() -> asyncio.AbstractEventLoop:
 
 
 async def _post_bridge(payload: dict[str, Any]) -> None:
+    if RAW_POST:
+        async with asyncbridge.aiohttp.session().post(SINK, json=payload) as response:
+            response.raise_for_status()
+        return
     await asyncbridge.aiohttp.post_json(SINK, payload)
 
 

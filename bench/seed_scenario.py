@@ -47,8 +47,13 @@ MODES = {
 }
 DEFAULT_MODES = ["ceiling", "blocking", "thread", "naive", "asyncbridge"]
 
+# The sink listens with a backlog of 2,048 instead of aiohttp's 128: up to 1,000 pooled
+# connections (2 workers x 500) open at once when the load starts.
 _SINK = """
+import functools
 import sys
+from aiohttp import web
+web.TCPSite = functools.partial(web.TCPSite, backlog=2048)
 from tests.e2e.sink import Sink
 sink = Sink(delay=float(sys.argv[1])).start()
 print(sink.port, flush=True)
@@ -274,9 +279,14 @@ def one_run(mode: str, load: str, seconds: float, wrk: str | None, rate: float) 
                 other_cpu = sum(_cpu_seconds(w) for w in workers) - all_before - main_cpu
                 load_requests = round(rps * seconds)
                 server.signal(signal.SIGTERM)
-                server.wait(60)
+                server.wait(60)  # graceful_timeout is 25 s
             finally:
                 server.stop()
+            if mode == "asyncbridge":
+                # The workers' shutdown reports (one line each): what was cancelled, if anything.
+                for line in (Path(tmp) / "gunicorn.log").read_text(errors="replace").splitlines():
+                    if "accepted=" in line:
+                        print(f"  [{load}] {line.strip()}", flush=True)
             counts = [json.loads(p.read_text()) for p in Path(tmp).glob("*.json")]
             accepted = sum(c["accepted"] for c in counts)
         # The sink counts a notification once it has answered it (100 ms after receipt).
