@@ -24,7 +24,9 @@ from ._errors import AsyncBridgeError
 
 __all__ = ["configure", "post_json", "session"]
 
-_DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=5, sock_read=20)
+# A total bound on every request, and a shorter one on getting a connection. No sock_read timer:
+# aiohttp re-arms it on every read, and the total already bounds a stalled answer.
+_DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=5)
 _settings: dict[str, Any] = {
     "limit": 100,
     "limit_per_host": 0,
@@ -51,7 +53,7 @@ def configure(
     Args:
         limit: Total simultaneous connections in the pool (aiohttp's ``TCPConnector.limit``).
         limit_per_host: Simultaneous connections per host; 0 for no per-host limit.
-        timeout: Default request timeouts (total 30 s, connect 5 s, read 20 s).
+        timeout: Default request timeouts (total 30 s, connect 5 s).
         **session_kwargs: Passed to :class:`aiohttp.ClientSession`, e.g. ``headers``.
 
     Raises:

@@ -118,7 +118,7 @@ def test_one_session_per_loop_with_sane_defaults(bridge: Bridge) -> None:
     first = bridge.run(_current_session(), timeout=10)
     again = bridge.run(_current_session(), timeout=10)
     assert first is again
-    assert first.timeout == aiohttp.ClientTimeout(total=30, connect=5, sock_read=20)
+    assert first.timeout == aiohttp.ClientTimeout(total=30, connect=5)
     assert isinstance(first.connector, aiohttp.TCPConnector)
     assert first.connector.limit == 100
     assert first.connector.limit_per_host == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import statistics
 import textwrap
@@ -378,3 +379,21 @@ def test_worker_timeout_aborts_and_the_report_names_what_was_cancelled(tmp_path:
     assert "cancelled at the deadline: post_json" in report
     # The aborted worker wrote its stats before SIGKILL; its replacement accepted nothing.
     assert [s["cancelled"] for s in stats if s["accepted"]] == [1]
+
+
+def test_ctrl_c_to_the_whole_group_during_a_graceful_drain_does_not_cut_it_short(
+    tmp_path: Path,
+) -> None:
+    n = 10
+    with Sink(delay=1.5) as sink, gunicorn(tmp_path, sink) as (server, base, stats_dir):
+        fire(base + "/", n)
+        server.signal(signal.SIGTERM)  # graceful: each worker drains in worker_exit
+        assert wait_until(lambda: server.output().count("Worker exiting") == 2, 10)
+        os.killpg(server.pid, signal.SIGINT)  # Ctrl-C in the terminal: master and workers
+        assert server.wait(30) == 0
+        out = server.output()
+        stats = worker_stats(stats_dir)
+    assert_balanced(stats)
+    assert total(stats, "accepted") == total(stats, "completed") == sink.received == n
+    assert out.count("asyncbridge shutdown of pid") == 2, out[-3000:]
+    assert "cancelled at the deadline" not in out
