@@ -6,23 +6,63 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 # So that a fresh clone finds asyncbridge and the shared e2e harness without an install.
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from asyncbridge import _bridge  # noqa: E402 - after the path set-up above
+
 __all__ = [
     "ROOT",
+    "counting_back_offs",
     "machine",
     "percentile",
     "print_table",
     "rss_kib",
     "target_line",
     "wait_for",
+    "without_back_off",
 ]
+
+
+@contextmanager
+def without_back_off() -> Iterator[None]:
+    """Put the core's back-off for a starved loop out of reach; restore it after.
+
+    ``Bridge.run_soon`` sleeps ``_BACKOFF`` when it finds ``_BACKLOG_BEFORE_BACKOFF`` or more jobs
+    waiting and the wake-up overdue. A backlog limit no inbox can reach leaves only the comparison
+    that a loop keeping up costs (for a parked loop, which would look starved, or for comparison).
+    """
+    saved = _bridge._BACKLOG_BEFORE_BACKOFF
+    _bridge._BACKLOG_BEFORE_BACKOFF = sys.maxsize
+    try:
+        yield
+    finally:
+        _bridge._BACKLOG_BEFORE_BACKOFF = saved
+
+
+@contextmanager
+def counting_back_offs() -> Iterator[list[int]]:
+    """Count the core's back-offs (sleeps) while inside; yields a one-element counter."""
+    count = [0]
+    original = _bridge._back_off
+
+    def counted(rt: Any) -> None:
+        if not rt.in_loop_thread():  # where the core sleeps
+            count[0] += 1
+        original(rt)
+
+    _bridge._back_off = counted
+    try:
+        yield count
+    finally:
+        _bridge._back_off = original
 
 
 def percentile(values: Sequence[float], q: float) -> float:

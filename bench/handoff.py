@@ -36,11 +36,18 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from _common import machine, percentile, print_table, target_line, wait_for
+from _common import (
+    counting_back_offs,
+    machine,
+    percentile,
+    print_table,
+    target_line,
+    wait_for,
+    without_back_off,
+)
 from anyio.from_thread import start_blocking_portal
 
 import asyncbridge
-from asyncbridge import _bridge
 
 _now = time.perf_counter_ns
 
@@ -84,35 +91,6 @@ class Result:
 
     def e2e_us(self, q: float) -> float:
         return percentile(self.e2e, q) / 1000 if self.e2e else float("nan")
-
-
-@contextmanager
-def without_back_off() -> Iterator[None]:
-    """Put the core's back-off out of reach (backlog limit ``sys.maxsize``); restore it after."""
-    saved = _bridge._BACKLOG_BEFORE_BACKOFF
-    _bridge._BACKLOG_BEFORE_BACKOFF = sys.maxsize
-    try:
-        yield
-    finally:
-        _bridge._BACKLOG_BEFORE_BACKOFF = saved
-
-
-@contextmanager
-def counting_back_offs() -> Iterator[list[int]]:
-    """Count the core's back-offs (sleeps) while inside; yields a one-element counter."""
-    count = [0]
-    original = _bridge._back_off
-
-    def counted(rt: Any) -> None:
-        if not rt.in_loop_thread():  # where the core sleeps
-            count[0] += 1
-        original(rt)
-
-    _bridge._back_off = counted
-    try:
-        yield count
-    finally:
-        _bridge._back_off = original
 
 
 # -- the targets: each row is a context manager yielding (make, hand_off, parker) -----------------

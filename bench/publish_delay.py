@@ -21,7 +21,14 @@ from contextlib import contextmanager
 from queue import SimpleQueue
 from typing import Any
 
-from _common import machine, percentile, print_table, target_line
+from _common import (
+    counting_back_offs,
+    machine,
+    percentile,
+    print_table,
+    target_line,
+    without_back_off,
+)
 
 import asyncbridge
 from asyncbridge import _bridge
@@ -56,40 +63,6 @@ def _calibrate() -> None:
 
 
 HandOff = Callable[[Coroutine[Any, Any, None]], object]
-
-
-@contextmanager
-def without_back_off() -> Iterator[None]:
-    """Switch the core's back-off off (as before c2c8399) for the duration; restore it after.
-
-    ``Bridge.run_soon`` backs off (sleeps ``_BACKOFF``) when it finds ``_BACKLOG_BEFORE_BACKOFF``
-    or more jobs waiting and the loop's wake-up pending for over ``_STARVED``. A backlog limit no
-    inbox can reach leaves only the comparison that a loop keeping up costs.
-    """
-    saved = _bridge._BACKLOG_BEFORE_BACKOFF
-    _bridge._BACKLOG_BEFORE_BACKOFF = sys.maxsize
-    try:
-        yield
-    finally:
-        _bridge._BACKLOG_BEFORE_BACKOFF = saved
-
-
-@contextmanager
-def counting_back_offs() -> Iterator[list[int]]:
-    """Count the core's back-offs (sleeps) while inside; yields a one-element counter."""
-    count = [0]
-    original = _bridge._back_off
-
-    def counted(rt: Any) -> None:
-        if not rt.in_loop_thread():  # where the core sleeps
-            count[0] += 1
-        original(rt)
-
-    _bridge._back_off = counted
-    try:
-        yield count
-    finally:
-        _bridge._back_off = original
 
 
 @contextmanager
