@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,6 +24,7 @@ __all__ = [
     "ROOT",
     "counting_back_offs",
     "machine",
+    "park_loop",
     "percentile",
     "print_table",
     "rss_kib",
@@ -29,6 +32,20 @@ __all__ = [
     "wait_for",
     "without_back_off",
 ]
+
+
+def park_loop(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+    """Block ``loop`` in a callback (holding no GIL) until the returned function is called."""
+    parked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        parked.set()
+        release.wait(120)
+
+    loop.call_soon_threadsafe(hold)
+    if not parked.wait(10):
+        raise TimeoutError("the loop did not park within 10 s")
+    return release.set
 
 
 @contextmanager

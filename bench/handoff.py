@@ -39,6 +39,7 @@ from typing import Any
 from _common import (
     counting_back_offs,
     machine,
+    park_loop,
     percentile,
     print_table,
     target_line,
@@ -101,19 +102,7 @@ Parker = Callable[[], Callable[[], None]] | None
 
 
 def _loop_parker(loop: asyncio.AbstractEventLoop) -> Callable[[], Callable[[], None]]:
-    def park() -> Callable[[], None]:
-        parked, release = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            parked.set()
-            release.wait(60)
-
-        loop.call_soon_threadsafe(hold)
-        if not parked.wait(10):
-            raise TimeoutError("the loop did not park within 10 s")
-        return release.set
-
-    return park
+    return lambda: park_loop(loop)
 
 
 @contextmanager

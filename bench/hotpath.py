@@ -16,21 +16,19 @@ separately.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import contextvars
 import mmap
 import os
 import sys
-import threading
 import time
 import timeit
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from types import CoroutineType
 from typing import Any
 
-from _common import machine, percentile, print_table, target_line
+from _common import machine, park_loop, percentile, print_table, target_line
 
 import asyncbridge
 from asyncbridge import _bridge
@@ -122,19 +120,6 @@ async def job() -> None:
     """A no-op coroutine."""
 
 
-def _park(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
-    parked, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        parked.set()
-        release.wait(120)
-
-    loop.call_soon_threadsafe(hold)
-    if not parked.wait(10):
-        raise TimeoutError("the loop did not park")
-    return release.set
-
-
 def _back_off_test_ns(n: int, repeat: int) -> float:
     """ns per evaluation of the core's back-off test with a backlog past the limit (no sleep)."""
     env = {
@@ -191,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             "folded": FoldedChecksBridge(max_pending=4 * n),
         }
         previous = asyncbridge.set_default_bridge(bridges["bridge"])
-        releases = [_park(b.get_loop()) for b in bridges.values()]
+        releases = [park_loop(b.get_loop()) for b in bridges.values()]
         kept: list[Coroutine[Any, Any, None]] = []
         scratch: list[object] = []
         env: dict[str, Any] = {

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from _common import machine, print_table, rss_kib, target_line
+from _common import machine, park_loop, print_table, rss_kib, target_line
 
 import asyncbridge
 import asyncbridge.aiohttp
@@ -45,19 +45,6 @@ def _payload(i: int) -> dict[str, Any]:
 
 
 # -- part 1: RSS per pending job --------------------------------------------------------------
-
-
-def _park(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
-    parked, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        parked.set()
-        release.wait(120)
-
-    loop.call_soon_threadsafe(hold)
-    if not parked.wait(10):
-        raise TimeoutError("the loop did not park within 10 s")
-    return release.set
 
 
 def child(row: str, n: int) -> None:
@@ -93,7 +80,7 @@ def child(row: str, n: int) -> None:
             def hand_off(coro: Coroutine[Any, Any, None]) -> object:
                 return asyncio.run_coroutine_threadsafe(coro, loop)
 
-    _park(loop)
+    park_loop(loop)
     before = rss_kib()
     kept.extend(hand_off(notify(url, _payload(i))) for i in range(n))
     after = rss_kib()
