@@ -219,20 +219,30 @@ def test_demo_stops_cleanly_when_ctrl_c_reaches_the_whole_process_group(tmp_path
     secret = _secret()
     server, hub_port, app_port = _start_demo(tmp_path, secret, "--workers", "1")
     try:
-        wait_http(f"http://127.0.0.1:{hub_port}/api/counts", 20, server.proc)
-        wait_http(f"http://127.0.0.1:{app_port}/stats", 30, server.proc)
-        for _ in range(25):
-            status, _ = _request(app_port, "POST", "/track?path=/blog")
-            assert status == 202
+        _track(server, hub_port, app_port, "/blog", 25)
         os.killpg(server.pid, signal.SIGINT)
         assert server.wait(45) == 0
         output = server.output()
     finally:
         server.stop()
+    _assert_drained_and_stopped(output, secret, "/blog", 25)
+
+
+def _track(server: Server, hub_port: int, app_port: int, path: str, n: int) -> None:
+    """Wait for the hub and the app, then track ``n`` hits of ``path``, each answered 202."""
+    wait_http(f"http://127.0.0.1:{hub_port}/api/counts", 20, server.proc)
+    wait_http(f"http://127.0.0.1:{app_port}/stats", 30, server.proc)
+    for _ in range(n):
+        status, _ = _request(app_port, "POST", f"/track?path={path}")
+        assert status == 202
+
+
+def _assert_drained_and_stopped(output: str, secret: str, path: str, n: int) -> None:
+    """One worker's report shows every hit completed, the hub got them all, no secret leaked."""
     reports = _reports(output)
     assert len(reports) == 1, output[-3000:]
-    assert reports[0][1:] == (25, 25, 0, 0, 0, 0, 0)
-    assert "hub: 25 hits received (/blog=25)" in output
+    assert reports[0][1:] == (n, n, 0, 0, 0, 0, 0)
+    assert f"hub: {n} hits received ({path}={n})" in output
     assert "demo stopped cleanly" in output
     assert secret not in output
 
@@ -241,12 +251,9 @@ def test_demo_sigint_drains_pushes_still_in_flight_to_the_hub(tmp_path: Path) ->
     secret = _secret()
     server, hub_port, app_port = _start_demo(tmp_path, secret, "--workers", "1", "--hub-delay", "2")
     try:
-        wait_http(f"http://127.0.0.1:{hub_port}/api/counts", 20, server.proc)
-        wait_http(f"http://127.0.0.1:{app_port}/stats", 30, server.proc)
-        for _ in range(30):
-            status, _ = _request(app_port, "POST", "/track?path=/docs")
-            assert status == 202
+        _track(server, hub_port, app_port, "/docs", 30)
         status, body = _request(app_port, "GET", "/stats")
+        assert status == 200
         in_flight = json.loads(body)
         assert in_flight["accepted"] == 30
         assert in_flight["pending"] + in_flight["running"] >= 1  # the hub holds each for 2 s
@@ -256,12 +263,7 @@ def test_demo_sigint_drains_pushes_still_in_flight_to_the_hub(tmp_path: Path) ->
         output = server.output()
     finally:
         server.stop()
-    reports = _reports(output)
-    assert len(reports) == 1, output[-3000:]
-    assert reports[0][1:] == (30, 30, 0, 0, 0, 0, 0)
-    assert "hub: 30 hits received (/docs=30)" in output
-    assert "demo stopped cleanly" in output
-    assert secret not in output
+    _assert_drained_and_stopped(output, secret, "/docs", 30)
 
 
 def test_demo_non_interactive_mode_sends_traffic_and_exits_zero(tmp_path: Path) -> None:
