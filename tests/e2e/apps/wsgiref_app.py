@@ -8,7 +8,9 @@ Run by tests/e2e/test_wsgiref.py as ``python tests/e2e/apps/wsgiref_app.py PORT`
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -25,13 +27,20 @@ def main() -> None:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
-    asyncbridge.install_signal_handlers()
     with make_server("127.0.0.1", int(sys.argv[1]), application, handler_class=_QuietHandler) as s:
+
+        def stop(signum: int, frame: object) -> None:
+            # A KeyboardInterrupt raised while wsgiref writes a response is swallowed by its
+            # error handler and the server keeps serving; stopping serve_forever from another
+            # thread ends it wherever the main thread is.
+            threading.Thread(target=s.shutdown).start()
+
+        signal.signal(signal.SIGINT, stop)
+        # Installed after our handler: SIGINT drains the bridge first, then calls stop().
+        asyncbridge.install_signal_handlers()
         print(f"serving on 127.0.0.1:{sys.argv[1]}", flush=True)
-        try:
-            s.serve_forever()
-        except KeyboardInterrupt:  # SIGINT: drained by the handler, then Python's default raised
-            print("stopped by SIGINT", flush=True)
+        s.serve_forever()
+        print("stopped by SIGINT", flush=True)
 
 
 if __name__ == "__main__":
