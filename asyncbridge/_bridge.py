@@ -334,11 +334,9 @@ class Bridge:
         if rt.closed:
             self._drop(rt, coro, "closed", warn=False)
             raise BridgeClosed("the bridge was shut down in this process and accepts no more work")
-        if len(rt.inbox) + rt.running >= self._max_pending and not self._make_room(
-            rt, coro, raise_full=True
-        ):
-            raise AssertionError("unreachable: _make_room raises when raise_full is set")
         backlog = len(rt.inbox)
+        if backlog + rt.running >= self._max_pending:
+            self._make_room(rt, coro, raise_full=True)  # returns only once there is room
         future = _BridgeFuture[T](rt.loop)  # type: ignore[arg-type]
         rt.inbox.append((coro, _copy_context(), future))
         self._wake(rt, backlog)

@@ -165,13 +165,17 @@ def _chain_atexit(uwsgi: Any, bridge: Bridge) -> None:
     uwsgi.atexit = _AtExit(uwsgi, bridge, current)
 
 
-class _PostFork:
-    """``uwsgi.post_fork_hook``: start this worker's loop, then run the hook it replaced."""
+class _Chained:
+    """A uWSGI hook slot's new occupant, which keeps the hook it replaced."""
 
     def __init__(self, uwsgi: Any, bridge: Bridge, previous: _Hook | None) -> None:
         self.uwsgi = uwsgi
         self.bridge = bridge
         self.previous = previous
+
+
+class _PostFork(_Chained):
+    """``uwsgi.post_fork_hook``: start this worker's loop, then run the hook it replaced."""
 
     def __call__(self) -> None:
         try:
@@ -184,13 +188,8 @@ class _PostFork:
             self.previous()
 
 
-class _AtExit:
+class _AtExit(_Chained):
     """``uwsgi.atexit``: run the hook it replaced, then drain this worker's own loop."""
-
-    def __init__(self, uwsgi: Any, bridge: Bridge, previous: _Hook | None) -> None:
-        self.uwsgi = uwsgi
-        self.bridge = bridge
-        self.previous = previous
 
     def __call__(self) -> None:
         # Only the process that started the loop may shut it down; a copy inherited through
