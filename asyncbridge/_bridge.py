@@ -71,6 +71,9 @@ _CANCELLED_AND_NOTIFIED = getattr(
     concurrent.futures._base, "CANCELLED_AND_NOTIFIED", "CANCELLED_AND_NOTIFIED"
 )
 _BRIDGES: weakref.WeakSet[Bridge] = weakref.WeakSet()
+# In each bridge loop thread, `bridge` is a weak reference to the bridge that runs it, so that
+# Bridge.current() (called by the aiohttp helper for every request) is a lookup, not a scan.
+_LOOP_THREAD = threading.local()
 
 _MADV_WIPEONFORK = getattr(mmap, "MADV_WIPEONFORK", 18 if sys.platform == "linux" else None)
 
@@ -439,14 +442,14 @@ class Bridge:
     @staticmethod
     def current() -> Bridge | None:
         """The bridge whose loop is running in the calling thread, or None elsewhere."""
-        loop = asyncio._get_running_loop()
-        if loop is None:
+        owner: weakref.ref[Bridge] | None = getattr(_LOOP_THREAD, "bridge", None)
+        bridge = None if owner is None else owner()
+        if bridge is None:
             return None
-        pid = _getpid()
-        for bridge in list(_BRIDGES):
-            rt = bridge._rt
-            if rt.loop is loop and rt.pid == pid and rt.in_loop_thread():
-                return bridge
+        rt = bridge._rt
+        loop = asyncio._get_running_loop()
+        if loop is not None and rt.loop is loop and rt.pid == _getpid() and rt.in_loop_thread():
+            return bridge
         return None
 
     def owns_loop(self) -> bool:
@@ -610,7 +613,10 @@ class Bridge:
             loop = (self._options.loop_factory or asyncio.new_event_loop)()
             rt.loop = loop
             thread = threading.Thread(
-                target=_run_loop, args=(loop,), name=f"asyncbridge-{pid}", daemon=True
+                target=_run_loop,
+                args=(loop, weakref.ref(self)),
+                name=f"asyncbridge-{pid}",
+                daemon=True,
             )
             rt.thread = thread
             try:
@@ -907,7 +913,8 @@ class _BridgeFuture(concurrent.futures.Future[T]):
         self._invoke_callbacks()  # type: ignore[attr-defined]
 
 
-def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+def _run_loop(loop: asyncio.AbstractEventLoop, owner: weakref.ref[Bridge]) -> None:
+    _LOOP_THREAD.bridge = owner
     asyncio.set_event_loop(loop)
     try:
         while True:

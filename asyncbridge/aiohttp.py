@@ -82,16 +82,19 @@ def session() -> aiohttp.ClientSession:
         AsyncBridgeError: Not called from a coroutine running on a bridge loop (one handed to
             ``run_soon``, ``submit`` or ``run``); a session belongs to one loop.
     """
+    # The path taken by every request once the session exists: sessions are made only on bridge
+    # loops, so finding one for the running loop is proof enough.
+    loop = asyncio._get_running_loop()
+    existing = None if loop is None else _sessions.get(loop)
+    if existing is not None and not existing.closed:
+        return existing
     bridge = Bridge.current()
     if bridge is None:
         raise AsyncBridgeError(
             "asyncbridge.aiohttp.session() may only be called from a coroutine running on the "
             "bridge loop: hand the coroutine that uses it to asyncbridge.run_soon() (or submit/run)"
         )
-    loop = asyncio.get_running_loop()
-    existing = _sessions.get(loop)
-    if existing is not None and not existing.closed:
-        return existing
+    assert loop is not None  # Bridge.current() found it running
     connector = aiohttp.TCPConnector(
         limit=_settings["limit"], limit_per_host=_settings["limit_per_host"]
     )

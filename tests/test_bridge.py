@@ -509,6 +509,12 @@ def test_current_names_the_bridge_whose_loop_runs_here_even_after_idents_are_reu
             assert not bridge.in_loop_thread()
 
 
+def test_current_tells_two_live_bridges_apart() -> None:
+    with fresh_bridge() as first, fresh_bridge() as second:
+        assert first.run(_current(), timeout=5) is first
+        assert second.run(_current(), timeout=5) is second
+
+
 async def _current() -> Bridge | None:
     return Bridge.current()
 
