@@ -44,13 +44,22 @@ _monotonic = time.monotonic
 # interpreter's 5 ms forced switches, shared with every other thread (a publish delay of hundreds
 # of ms at p99 with 8 such threads). A caller that finds a backlog and the wake-up overdue sleeps
 # briefly, which hands the GIL over. The backlog test comes first, so a loop that keeps up costs
-# callers one comparison. A wake-up pending for longer than _GIVE_UP means a loop blocked by its
-# own work (sleeping would not help it), so callers stop paying then. bench/publish_delay.py
-# measures it.
+# callers one comparison. Past it, only every 8th append reads the clock; what it finds is kept in
+# `starved` until the next look or the loop's next pull, so that every caller backs off meanwhile,
+# not only the one that looked (reading the clock on every call made a burst's median hand-off
+# 10-25% dearer). A wake-up pending for longer than _GIVE_UP means a loop blocked by its own work
+# (sleeping would not help it), so callers stop paying then. bench/publish_delay.py measures it.
 _BACKLOG_BEFORE_BACKOFF = 8
+_LOOK_EVERY = 7  # a mask: read the clock when the backlog is a multiple of 8
 _STARVED = 0.002
 _GIVE_UP = 0.1
 _BACKOFF = 0.0005
+
+
+def _is_starved(rt: _Runtime) -> bool:
+    """Read the clock: is the pending wake-up overdue, but not so late that the loop is blocked?"""
+    rt.starved = starved = _STARVED < _monotonic() - rt.scheduled_at < _GIVE_UP
+    return starved
 
 
 def _back_off(rt: _Runtime) -> None:
@@ -129,6 +138,7 @@ class _Runtime:
         "running",
         "scheduled",
         "scheduled_at",
+        "starved",
         "taken",
         "tasks",
         "thread",
@@ -148,6 +158,7 @@ class _Runtime:
         # True while a wake-up (_pull) is queued on the loop: later callers need not queue another.
         self.scheduled = False
         self.scheduled_at = 0.0  # when `scheduled` was set (time.monotonic)
+        self.starved = False  # a caller found the wake-up overdue; the loop's next pull clears it
         self.closed = False  # admission closed by shutdown
         self.cleaning = False  # past the drain: nothing more may start on the loop
         self.finished = False  # the loop is gone; whoever appends now must sweep the inbox
@@ -307,9 +318,8 @@ class Bridge:
             except RuntimeError:  # the loop closed under us: shutdown raced this call
                 self._sweep(rt)
                 return True
-        elif (
-            backlog >= _BACKLOG_BEFORE_BACKOFF
-            and _STARVED < _monotonic() - rt.scheduled_at < _GIVE_UP
+        elif backlog >= _BACKLOG_BEFORE_BACKOFF and (
+            rt.starved if backlog & _LOOK_EVERY else _is_starved(rt)
         ):
             _back_off(rt)
         if rt.finished:
@@ -355,9 +365,8 @@ class Bridge:
             except RuntimeError:
                 self._sweep(rt)
                 return
-        elif (
-            backlog >= _BACKLOG_BEFORE_BACKOFF
-            and _STARVED < _monotonic() - rt.scheduled_at < _GIVE_UP
+        elif backlog >= _BACKLOG_BEFORE_BACKOFF and (
+            rt.starved if backlog & _LOOK_EVERY else _is_starved(rt)
         ):
             _back_off(rt)
         if rt.finished:
@@ -644,7 +653,7 @@ class Bridge:
     # -- loop side -----------------------------------------------------------------------------
 
     def _pull(self, rt: _Runtime) -> None:
-        rt.scheduled = False
+        rt.scheduled = rt.starved = False
         self._start_waiting(rt)
 
     def _start_waiting(self, rt: _Runtime) -> None:

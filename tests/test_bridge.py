@@ -613,24 +613,42 @@ def test_a_caller_backs_off_only_while_the_loop_is_starved(
     monkeypatch.setattr(
         _bridge, "time", SimpleNamespace(sleep=sleeps.append, monotonic=time.monotonic)
     )
+    every = _bridge._LOOK_EVERY + 1
+    assert _bridge._BACKLOG_BEFORE_BACKOFF == every  # the first look comes with the first backlog
     parked = threading.Event()
     with fresh_bridge() as bridge:
         bridge.get_loop().call_soon_threadsafe(parked.wait, 5)  # the loop cannot pull
+        rt = bridge._rt
+
+        def hand_off_until(backlog: int) -> None:
+            """Hand off until a call has found ``backlog`` jobs waiting (before its own)."""
+            while len(rt.inbox) < backlog + 1:
+                bridge.run_soon(sleeper(0))
+
+        def starved() -> bool:  # what the last look at the clock found
+            return rt.starved
+
         try:
             bridge.run_soon(sleeper(0))  # queues the wake-up
-            rt = bridge._rt
             rt.scheduled_at = time.monotonic() + 60  # "just queued", however slow we are
-            for _ in range(_bridge._BACKLOG_BEFORE_BACKOFF + 1):
-                bridge.run_soon(sleeper(0))
+            hand_off_until(2 * every)  # two looks at the clock
             assert sleeps == []  # a backlog, but the wake-up is not overdue yet
             rt.scheduled_at = time.monotonic() - 0.02  # overdue: the loop is starved
-            bridge.run_soon(sleeper(0))
-            bridge.submit(sleeper(0))
+            hand_off_until(3 * every - 1)
+            assert sleeps == []  # nobody looked: only every 8th call reads the clock
+            bridge.run_soon(sleeper(0))  # the look: starved, so it backs off
+            assert starved()
+            bridge.submit(sleeper(0))  # no look, but the finding stands: it backs off too
             assert sleeps == [_bridge._BACKOFF] * 2
             rt.scheduled_at = time.monotonic() - 1.0  # far overdue: blocked, not starved
-            bridge.run_soon(sleeper(0))
-            assert len(sleeps) == 2
+            hand_off_until(4 * every)  # up to the next look, which clears the finding
+            assert not starved()
+            slept = len(sleeps)
+            assert slept <= 2 + every - 1  # the finding outlived the give-up by 7 calls at most
+            hand_off_until(5 * every - 1)
+            assert len(sleeps) == slept
         finally:
             parked.set()
         assert bridge.drain(5)
-        assert bridge.stats().completed == _bridge._BACKLOG_BEFORE_BACKOFF + 5
+        assert not starved()  # the loop's pull clears it
+        assert bridge.stats().completed == 5 * every
