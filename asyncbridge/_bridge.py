@@ -313,6 +313,7 @@ class Bridge:
         if not rt.scheduled:
             rt.scheduled = True
             rt.scheduled_at = _monotonic()
+            rt.starved = False  # a finding about an earlier wake-up is stale
             try:
                 rt.loop.call_soon_threadsafe(self._pull, rt)  # type: ignore[union-attr]
             except RuntimeError:  # the loop closed under us: shutdown raced this call
@@ -360,6 +361,7 @@ class Bridge:
         if not rt.scheduled:
             rt.scheduled = True
             rt.scheduled_at = _monotonic()
+            rt.starved = False  # a finding about an earlier wake-up is stale
             try:
                 rt.loop.call_soon_threadsafe(self._pull, rt)  # type: ignore[union-attr]
             except RuntimeError:

@@ -14,6 +14,7 @@ no "Unclosed client session" warning ever appears.
 from __future__ import annotations
 
 import asyncio
+import threading
 import weakref
 from typing import Any
 
@@ -33,9 +34,10 @@ _settings: dict[str, Any] = {
     "timeout": _DEFAULT_TIMEOUT,
     "session_kwargs": {},
 }
-_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
-    weakref.WeakKeyDictionary()
-)
+# Each bridge loop's session, with the thread that runs the loop.
+_sessions: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, threading.Thread]
+] = weakref.WeakKeyDictionary()
 
 
 def configure(
@@ -83,11 +85,12 @@ def session() -> aiohttp.ClientSession:
             ``run_soon``, ``submit`` or ``run``); a session belongs to one loop.
     """
     # The path taken by every request once the session exists: sessions are made only on bridge
-    # loops, so finding one for the running loop is proof enough.
+    # loops, in the loop's own thread. The thread must match too: under gevent, request greenlets
+    # share the hub's OS thread and so see the bridge loop as their running loop.
     loop = asyncio._get_running_loop()
-    existing = None if loop is None else _sessions.get(loop)
-    if existing is not None and not existing.closed:
-        return existing
+    entry = None if loop is None else _sessions.get(loop)
+    if entry is not None and entry[1] is threading.current_thread() and not entry[0].closed:
+        return entry[0]
     bridge = Bridge.current()
     if bridge is None:
         raise AsyncBridgeError(
@@ -101,7 +104,7 @@ def session() -> aiohttp.ClientSession:
     created = aiohttp.ClientSession(
         connector=connector, timeout=_settings["timeout"], **_settings["session_kwargs"]
     )
-    _sessions[loop] = created
+    _sessions[loop] = (created, threading.current_thread())
 
     async def close() -> None:
         # The session refers to its loop, so the weak key alone would never let the entry go.

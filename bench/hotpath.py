@@ -75,6 +75,7 @@ class FoldedChecksBridge(asyncbridge.Bridge):
         if not rt.scheduled:
             rt.scheduled = True
             rt.scheduled_at = _monotonic()
+            rt.starved = False  # a finding about an earlier wake-up is stale
             try:
                 rt.loop.call_soon_threadsafe(self._pull, rt)  # type: ignore[union-attr]
             except RuntimeError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,7 +30,7 @@ def _default_settings() -> Iterator[None]:
     ab_aiohttp.configure()
     yield
     ab_aiohttp.configure()
-    assert [s for s in list(ab_aiohttp._sessions.values()) if not s.closed] == []
+    assert [s for s, _ in list(ab_aiohttp._sessions.values()) if not s.closed] == []
 
 
 _KEPT: list[Bridge] = []
@@ -112,6 +113,28 @@ def test_session_on_a_foreign_event_loop_raises() -> None:
 
     with pytest.raises(AsyncBridgeError, match=r"asyncbridge\.run_soon\(\)"):
         asyncio.run(on_foreign_loop())
+
+
+def test_session_refuses_another_thread_that_sees_the_bridge_loop_running(bridge: Bridge) -> None:
+    # Under gevent, request greenlets share the hub's OS thread and see the bridge loop as their
+    # running loop; the shortcut to an existing session must not hand it to them.
+    bridge.run(_current_session(), timeout=10)
+    errors: list[BaseException] = []
+
+    def posing_as_the_loop() -> None:
+        asyncio._set_running_loop(bridge.get_loop())
+        try:
+            ab_aiohttp.session()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            asyncio._set_running_loop(None)
+
+    thread = threading.Thread(target=posing_as_the_loop)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], AsyncBridgeError), errors
 
 
 def test_one_session_per_loop_with_sane_defaults(bridge: Bridge) -> None:

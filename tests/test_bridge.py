@@ -652,3 +652,43 @@ def test_a_caller_backs_off_only_while_the_loop_is_starved(
         assert bridge.drain(5)
         assert not starved()  # the loop's pull clears it
         assert bridge.stats().completed == 5 * every
+
+
+def test_a_finding_about_an_earlier_wake_up_does_not_make_callers_sleep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from asyncbridge import _bridge
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(
+        _bridge, "time", SimpleNamespace(sleep=sleeps.append, monotonic=time.monotonic)
+    )
+    every = _bridge._LOOK_EVERY + 1
+    parked = threading.Event()
+    with fresh_bridge(max_concurrency=1) as bridge:
+        bridge.run_soon(sleeper(0.5))  # takes the only slot: later jobs stay in the inbox
+        rt = bridge._rt
+
+        def pulled() -> bool:
+            deadline = time.monotonic() + 5
+            while rt.scheduled and time.monotonic() < deadline:
+                time.sleep(0.001)
+            return not rt.scheduled
+
+        assert pulled() and rt.running == 1
+        while len(rt.inbox) < every + 3:
+            bridge.run_soon(sleeper(0))
+        assert pulled() and len(rt.inbox) == every + 3
+        rt.starved = True  # left by a caller that looked just as the loop pulled
+        sleeps.clear()  # whatever a slow machine made the set-up do
+        bridge.get_loop().call_soon_threadsafe(parked.wait, 5)  # the loop cannot pull
+        try:
+            bridge.run_soon(sleeper(0))  # queues a new wake-up with a backlog already waiting
+            while len(rt.inbox) < 2 * every:  # more hand-offs, short of the next look
+                bridge.run_soon(sleeper(0))
+            assert sleeps == []  # the finding was about the earlier wake-up
+        finally:
+            parked.set()
+        assert bridge.drain(5)

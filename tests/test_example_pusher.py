@@ -146,7 +146,7 @@ def _no_unclosed_sessions() -> Iterator[None]:
     """Fail the test if any aiohttp session or connector it made was left open."""
     yield
     # No gc.collect() here: it would hide a leak that depends on earlier bridges staying alive.
-    assert [s for s in list(ab_aiohttp._sessions.values()) if not s.closed] == []
+    assert [s for s, _ in list(ab_aiohttp._sessions.values()) if not s.closed] == []
 
 
 @pytest.fixture
