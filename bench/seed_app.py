@@ -2,7 +2,8 @@
 
 Environment: ``SEED_MODE`` (ceiling, blocking, thread, naive, asyncbridge),
 ``SEED_SINK`` (the sink's URL), ``SEED_OUT`` (a directory; each worker writes ``<pid>.json`` with
-how many notifications it accepted, and how many requests it served, when it exits).
+how many notifications it accepted, how many requests it served, and how many times asyncbridge's
+back-off slept, when it exits).
 """
 
 from __future__ import annotations
@@ -51,6 +52,20 @@ if MODE == "asyncbridge":
         from asyncbridge import _bridge
 
         _bridge._BACKLOG_BEFORE_BACKOFF = sys.maxsize
+
+# How often the core's back-off for a starved loop slept in this worker (reported at exit).
+_back_offs = 0
+if MODE == "asyncbridge":
+    from asyncbridge import _bridge as _core
+
+    _core_back_off = _core._back_off
+
+    def _counting_back_off(rt: Any) -> None:
+        global _back_offs
+        _back_offs += 1
+        _core_back_off(rt)
+
+    _core._back_off = _counting_back_off
 
 _ids = itertools.count()
 _accepted = 0
@@ -137,7 +152,9 @@ def app(environ: dict[str, Any], start_response: Callable[..., object]) -> Itera
 
 def _write_count() -> None:
     if os.getpid() == _pid:
-        (OUT / f"{_pid}.json").write_text(json.dumps({"accepted": _accepted, "served": _served}))
+        (OUT / f"{_pid}.json").write_text(
+            json.dumps({"accepted": _accepted, "served": _served, "back_offs": _back_offs})
+        )
 
 
 atexit.register(_write_count)

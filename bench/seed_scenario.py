@@ -75,6 +75,7 @@ class Run:
     served: int  # requests answered during the load
     main_cpu: float  # seconds of CPU in the workers' request (main) threads
     other_cpu: float  # seconds of CPU in every other thread of the workers (loop, per-call threads)
+    back_offs: int = 0  # asyncbridge's back-off sleeps in the workers (0 in other modes)
 
 
 # -- load generators ------------------------------------------------------------------------------
@@ -289,6 +290,7 @@ def one_run(mode: str, load: str, seconds: float, wrk: str | None, rate: float) 
                         print(f"  [{load}] {line.strip()}", flush=True)
             counts = [json.loads(p.read_text()) for p in Path(tmp).glob("*.json")]
             accepted = sum(c["accepted"] for c in counts)
+            back_offs = sum(c.get("back_offs", 0) for c in counts)
         # The sink counts a notification once it has answered it (100 ms after receipt).
         deadline = time.monotonic() + 15
         received, requests = _sink_count(sink_port)
@@ -303,9 +305,26 @@ def one_run(mode: str, load: str, seconds: float, wrk: str | None, rate: float) 
         except subprocess.TimeoutExpired:
             sink.kill()
             sink.wait(10)
-    return Run(
-        mode, rps, p50, p99, errors, accepted, received, rss, load_requests, main_cpu, other_cpu
+    run = Run(
+        mode,
+        rps,
+        p50,
+        p99,
+        errors,
+        accepted,
+        received,
+        rss,
+        load_requests,
+        main_cpu,
+        other_cpu,
+        back_offs,
     )
+    print(
+        f"  [{load}] {mode}: {rps:.0f} req/s, p99 {p99:.1f} ms, {received}/{accepted} received"
+        + (f", {back_offs} back-offs" if mode == "asyncbridge" else ""),
+        flush=True,
+    )
+    return run
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -371,7 +390,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--modes",
         default=",".join(DEFAULT_MODES),
-        help=f"comma-separated, from {', '.join(MODES)} (default: all but the last)",
+        help=f"comma-separated, from {', '.join(MODES)} (default: all)",
+    )
+    parser.add_argument(
+        "--loads",
+        default="saturation,fixed rate",
+        help="comma-separated, from: saturation, fixed rate (default: both)",
     )
     parser.add_argument("--no-wrk", action="store_true", help="use the bundled generator only")
     parser.add_argument("--smoke", action="store_true", help="1 s per run, 1 run")
@@ -382,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(modes) - set(MODES)
     if unknown:
         parser.error(f"unknown modes: {sorted(unknown)}")
+    loads = [x.strip() for x in args.loads.split(",") if x.strip()]
+    if set(loads) - {"saturation", "fixed rate"}:
+        parser.error(f"unknown loads: {sorted(set(loads) - {'saturation', 'fixed rate'})}")
     wrk = None if args.no_wrk else ensure_wrk()
 
     print("# seed scenario (gunicorn, 2 sync workers, sink answering after 100 ms)")
@@ -394,15 +421,20 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, list[Run]]] = {}
     for load in ("saturation", "fixed rate"):
         runs: dict[str, list[Run]] = {m: [] for m in MODES}
+        results[load] = runs
+        if load not in loads:
+            continue
         for _ in range(args.runs):
             for mode in modes:
                 runs[mode].append(one_run(mode, load, args.seconds, wrk, args.rate))
-        results[load] = runs
-    sat = _table("saturation (closed loop, 8 connections)", results["saturation"])
-    fixed = _table(f"fixed rate {args.rate:g} req/s", results["fixed rate"])
+    sat = fixed = {}
+    if "saturation" in loads:
+        sat = _table("saturation (closed loop, 8 connections)", results["saturation"])
+    if "fixed rate" in loads:
+        fixed = _table(f"fixed rate {args.rate:g} req/s", results["fixed rate"])
 
     print("\n### targets (ratios from this run)\n")
-    if {"asyncbridge", "naive", "thread"} <= sat.keys():
+    if {"asyncbridge", "naive"} <= sat.keys():
         target_line(
             "saturation: asyncbridge / naive req/s",
             sat["asyncbridge"]["rps"] / sat["naive"]["rps"],
@@ -410,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             1.0,
             "medians",
         )
+    if {"asyncbridge", "thread"} <= sat.keys():
         target_line(
             "saturation: asyncbridge / thread per call req/s",
             sat["asyncbridge"]["rps"] / sat["thread"]["rps"],
