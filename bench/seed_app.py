@@ -36,7 +36,7 @@ POOL = 500
 # reach (as bench/handoff.py does for one regime); SEED_POST=raw sends with
 # asyncbridge.aiohttp.session() exactly as the naive mode does, without post_json's decoding;
 # SEED_HELPER_TIMEOUT=aiohttp gives the helper's session aiohttp's default timeouts (total 300 s,
-# sock_connect 30 s: the naive session's) instead of the helper's (total 30, connect 5, read 20).
+# sock_connect 30 s: the naive session's) instead of the helper's (total 30, connect 5).
 RAW_POST = os.environ.get("SEED_POST") == "raw"
 
 if MODE == "asyncbridge":
