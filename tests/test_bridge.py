@@ -9,11 +9,12 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from asyncbridge import AsyncBridgeError, BacklogFull, Bridge, BridgeClosed
+from asyncbridge import AsyncBridgeError, BacklogFull, Bridge, BridgeClosed, _bridge
 from asyncbridge._bridge import SHUTDOWN_MARGIN
 
 from .helpers import assert_invariant, fresh_bridge, sleeper
@@ -602,17 +603,19 @@ def test_drain_returns_when_shutdown_gives_up_on_a_coroutine_that_ignores_cancel
     assert "ignored cancellation" in str(report)
 
 
-def test_a_caller_backs_off_only_while_the_loop_is_starved(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from types import SimpleNamespace
-
-    from asyncbridge import _bridge
-
+@pytest.fixture
+def back_off_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The back-off's sleeps, recorded instead of slept."""
     sleeps: list[float] = []
     monkeypatch.setattr(
         _bridge, "time", SimpleNamespace(sleep=sleeps.append, monotonic=time.monotonic)
     )
+    return sleeps
+
+
+def test_a_caller_backs_off_only_while_the_loop_is_starved(
+    back_off_sleeps: list[float],
+) -> None:
     every = _bridge._LOOK_EVERY + 1
     assert _bridge._BACKLOG_BEFORE_BACKOFF == every  # the first look comes with the first backlog
     parked = threading.Event()
@@ -632,21 +635,21 @@ def test_a_caller_backs_off_only_while_the_loop_is_starved(
             bridge.run_soon(sleeper(0))  # queues the wake-up
             rt.scheduled_at = time.monotonic() + 60  # "just queued", however slow we are
             hand_off_until(2 * every)  # two looks at the clock
-            assert sleeps == []  # a backlog, but the wake-up is not overdue yet
+            assert back_off_sleeps == []  # a backlog, but the wake-up is not overdue yet
             rt.scheduled_at = time.monotonic() - 0.02  # overdue: the loop is starved
             hand_off_until(3 * every - 1)
-            assert sleeps == []  # nobody looked: only every 8th call reads the clock
+            assert back_off_sleeps == []  # nobody looked: only every 8th call reads the clock
             bridge.run_soon(sleeper(0))  # the look: starved, so it backs off
             assert starved()
             bridge.submit(sleeper(0))  # no look, but the finding stands: it backs off too
-            assert sleeps == [_bridge._BACKOFF] * 2
+            assert back_off_sleeps == [_bridge._BACKOFF] * 2
             rt.scheduled_at = time.monotonic() - 1.0  # far overdue: blocked, not starved
             hand_off_until(4 * every)  # up to the next look, which clears the finding
             assert not starved()
-            slept = len(sleeps)
+            slept = len(back_off_sleeps)
             assert slept <= 2 + every - 1  # the finding outlived the give-up by 7 calls at most
             hand_off_until(5 * every - 1)
-            assert len(sleeps) == slept
+            assert len(back_off_sleeps) == slept
         finally:
             parked.set()
         assert bridge.drain(5)
@@ -655,16 +658,8 @@ def test_a_caller_backs_off_only_while_the_loop_is_starved(
 
 
 def test_a_finding_about_an_earlier_wake_up_does_not_make_callers_sleep(
-    monkeypatch: pytest.MonkeyPatch,
+    back_off_sleeps: list[float],
 ) -> None:
-    from types import SimpleNamespace
-
-    from asyncbridge import _bridge
-
-    sleeps: list[float] = []
-    monkeypatch.setattr(
-        _bridge, "time", SimpleNamespace(sleep=sleeps.append, monotonic=time.monotonic)
-    )
     every = _bridge._LOOK_EVERY + 1
     parked = threading.Event()
     with fresh_bridge(max_concurrency=1) as bridge:
@@ -682,13 +677,13 @@ def test_a_finding_about_an_earlier_wake_up_does_not_make_callers_sleep(
             bridge.run_soon(sleeper(0))
         assert pulled() and len(rt.inbox) == every + 3
         rt.starved = True  # left by a caller that looked just as the loop pulled
-        sleeps.clear()  # whatever a slow machine made the set-up do
+        back_off_sleeps.clear()  # whatever a slow machine made the set-up do
         bridge.get_loop().call_soon_threadsafe(parked.wait, 5)  # the loop cannot pull
         try:
             bridge.run_soon(sleeper(0))  # queues a new wake-up with a backlog already waiting
             while len(rt.inbox) < 2 * every:  # more hand-offs, short of the next look
                 bridge.run_soon(sleeper(0))
-            assert sleeps == []  # the finding was about the earlier wake-up
+            assert back_off_sleeps == []  # the finding was about the earlier wake-up
         finally:
             parked.set()
         assert bridge.drain(5)
