@@ -45,10 +45,11 @@ _monotonic = time.monotonic
 # of ms at p99 with 8 such threads). A caller that finds a backlog and the wake-up overdue sleeps
 # briefly, which hands the GIL over. The backlog test comes first, so a loop that keeps up costs
 # callers one comparison. Past it, only every 8th append reads the clock; what it finds is kept in
-# `starved` until the next look or the loop's next pull, so that every caller backs off meanwhile,
-# not only the one that looked (reading the clock on every call made a burst's median hand-off
-# 10-25% dearer). A wake-up pending for longer than _GIVE_UP means a loop blocked by its own work
-# (sleeping would not help it), so callers stop paying then. bench/publish_delay.py measures it.
+# `starved` until the next look, the loop's next pull or a new wake-up, so that every caller
+# backs off meanwhile, not only the one that looked (reading the clock on every call made a
+# burst's median hand-off 10-25% dearer). A wake-up pending for longer than _GIVE_UP means a loop
+# blocked by its own work (sleeping would not help it), so callers stop paying then.
+# bench/publish_delay.py measures it.
 _BACKLOG_BEFORE_BACKOFF = 8
 _LOOK_EVERY = 7  # a mask: read the clock when the backlog is a multiple of 8
 _STARVED = 0.002
@@ -158,7 +159,8 @@ class _Runtime:
         # True while a wake-up (_pull) is queued on the loop: later callers need not queue another.
         self.scheduled = False
         self.scheduled_at = 0.0  # when `scheduled` was set (time.monotonic)
-        self.starved = False  # a caller found the wake-up overdue; the loop's next pull clears it
+        # A caller's last look found the wake-up overdue; the next look, pull or wake-up resets it.
+        self.starved = False
         self.closed = False  # admission closed by shutdown
         self.cleaning = False  # past the drain: nothing more may start on the loop
         self.finished = False  # the loop is gone; whoever appends now must sweep the inbox
