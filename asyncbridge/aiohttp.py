@@ -1,6 +1,6 @@
 """One pooled :class:`aiohttp.ClientSession` per process, living on the bridge loop.
 
-Install with ``pip install asyncbridge[aiohttp]``. Inside a coroutine handed to
+Install with ``pip install asyncbridge-loop[aiohttp]``. Inside a coroutine handed to
 :func:`asyncbridge.run_soon` (or ``submit``/``run``)::
 
     async def notify(user_id: int) -> None:

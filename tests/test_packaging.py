@@ -11,6 +11,7 @@ import ast
 import email.message
 import email.parser
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -49,8 +50,8 @@ def dists(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dists]:
     if done.returncode != 0 and "Could not find a version that satisfies" in log:
         pytest.skip(f"the build backend could not be installed (no package index?): {log[-800:]}")
     assert done.returncode == 0, log
-    (sdist,) = out.glob("asyncbridge-*.tar.gz")
-    (wheel,) = out.glob("asyncbridge-*.whl")
+    (sdist,) = out.glob("asyncbridge_loop-*.tar.gz")
+    (wheel,) = out.glob("asyncbridge_loop-*.whl")
     yield Dists(sdist, wheel)
 
 
@@ -78,7 +79,7 @@ def test_wheel_ships_the_package_typed_and_licensed(dists: Dists) -> None:
 @pytest.mark.packaging
 def test_wheel_metadata_is_complete(dists: Dists) -> None:
     meta = _metadata(dists.wheel)
-    assert meta["Name"] == "asyncbridge"
+    assert meta["Name"] == PYPROJECT["project"]["name"] == "asyncbridge-loop"
     assert meta["Version"] == asyncbridge.__version__
     assert meta["Summary"]
     assert meta["License-Expression"] == "MIT"
@@ -214,3 +215,37 @@ def test_declared_python_versions_are_the_tested_ones() -> None:
     assert project["requires-python"] == ">=3.11"
     assert declared == {"3.11"} | _nox_pythons()
     assert min(declared, key=lambda v: tuple(map(int, v.split(".")))) == "3.11"
+
+
+# -- every install line names this project's distribution --------------------------------------
+
+# `pip install X`, `pip install "X[extra]"`, `uv add X`...: the first requirement after the verb.
+_INSTALL = re.compile(
+    r"""(?:pip3?|python3? -m pip|uv pip|uv|poetry)\s+(?:install|add)\s+"""
+    r"""(?:-[-\w]+(?:[ =]\S+)?\s+)*['"]?(?P<req>[A-Za-z0-9][\w.\-]*)(?P<extra>\[[^\]]*\])?""",
+)
+
+
+def _install_lines() -> list[tuple[str, int, str]]:
+    found: list[tuple[str, int, str]] = []
+    pages = [ROOT / "README.md", *ROOT.glob("docs/**/*.md"), *ROOT.glob("examples/**/*.md")]
+    pages += list(ROOT.glob("asyncbridge/*.py"))
+    for page in pages:
+        if "_build" in page.parts:
+            continue
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            for match in _INSTALL.finditer(line):
+                req = match["req"]
+                # Only lines that install asyncbridge itself (or something that looks like it).
+                if req.lower().replace("_", "-").startswith("asyncbridge"):
+                    found.append((str(page.relative_to(ROOT)), number, req))
+    return found
+
+
+def test_every_install_line_names_the_distribution_in_pyproject() -> None:
+    dist = PYPROJECT["project"]["name"]
+    lines = _install_lines()
+    assert lines, "no install line found in README.md, docs/ or examples/"
+    wrong = [f"{page}:{n}: installs {req!r}" for page, n, req in lines if req != dist]
+    # "asyncbridge" alone is another project on the package index (1.0.0, async/sync conversion).
+    assert not wrong, f"install lines must name {dist!r}:\n" + "\n".join(wrong)

@@ -39,6 +39,8 @@ class Sink:
         self.delay = delay
         self.status = status
         self.ids: collections.Counter[str] = collections.Counter()
+        # Posts whose sender had disconnected by the time the answer was ready (never received).
+        self.abandoned: collections.Counter[str] = collections.Counter()
         self.requests = 0  # every POST seen, whatever the answer
         self.peers: set[tuple[str, int]] = set()  # distinct client (host, port): TCP connections
         self._lock = threading.Lock()
@@ -73,6 +75,14 @@ class Sink:
             await asyncio.sleep(self.delay)
         if self.status >= 300:
             return web.Response(status=self.status, text="sink told to fail")
+        # aiohttp runs a handler to its end after the client has gone, so a post from a process
+        # that died while waiting would be counted on arrival. Count it only if its sender is
+        # still connected when the answer goes out; the rest are `abandoned`, not received.
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            with self._lock:
+                self.abandoned[str(body.get("id"))] += 1
+            return web.json_response({"ok": False}, status=499)
         with self._lock:
             self.ids[str(body.get("id"))] += 1
         return web.json_response({"ok": True})
