@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from asyncbridge import _bridge  # noqa: E402 - after the path set-up above
+from asyncbridge import _admission, _bridge  # noqa: E402 - after the path set-up above
 
 __all__ = [
     "ROOT",
@@ -68,18 +68,18 @@ def without_back_off() -> Iterator[None]:
 def counting_back_offs() -> Iterator[list[int]]:
     """Count the core's back-offs (sleeps) while inside; yields a one-element counter."""
     count = [0]
-    original = _bridge._back_off
+    original = _admission.back_off
 
     def counted(rt: Any) -> None:
         if not rt.in_loop_thread():  # where the core sleeps
             count[0] += 1
         original(rt)
 
-    _bridge._back_off = counted
+    _admission.back_off = counted
     try:
         yield count
     finally:
-        _bridge._back_off = original
+        _admission.back_off = original
 
 
 def percentile(values: Sequence[float], q: float) -> float:

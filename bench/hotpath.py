@@ -31,15 +31,12 @@ from typing import Any
 from _common import machine, park_loop, percentile, print_table, target_line
 
 import asyncbridge
-from asyncbridge import _bridge
-from asyncbridge._bridge import (
-    _LOOK_EVERY,
-    _back_off,
-    _copy_context,
-    _is_starved,
-    _monotonic,
-    _Runtime,
-)
+from asyncbridge import _admission, _bridge
+from asyncbridge._admission import back_off as _back_off
+from asyncbridge._admission import is_starved as _is_starved
+from asyncbridge._bridge import _LOOK_EVERY, _copy_context, _monotonic
+from asyncbridge._runtime import Runtime as _Runtime
+from asyncbridge._scheduler import pull, sweep
 
 # The core's fast path (since 9f14ff6) tests a MADV_WIPEONFORK page instead of calling
 # os.getpid(); this page is the same mechanism, timed on its own below.
@@ -77,16 +74,16 @@ class FoldedChecksBridge(asyncbridge.Bridge):
             rt.scheduled_at = _monotonic()
             rt.starved = False  # a finding about an earlier wake-up is stale
             try:
-                rt.loop.call_soon_threadsafe(self._pull, rt)  # type: ignore[union-attr]
+                rt.loop.call_soon_threadsafe(pull, rt)  # type: ignore[union-attr]
             except RuntimeError:
-                self._sweep(rt)
+                sweep(rt)
                 return True
         elif backlog >= _BACKLOG_BEFORE_BACKOFF and (
             rt.starved if backlog & _LOOK_EVERY else _is_starved(rt)
         ):
             _back_off(rt)
         if rt.finished:
-            self._sweep(rt)
+            sweep(rt)
         return True
 
 
@@ -150,7 +147,7 @@ def _back_off_sleep_us(count: int) -> list[float]:
     out = []
     for _ in range(count):
         t0 = time.perf_counter_ns()
-        time.sleep(_bridge._BACKOFF)
+        time.sleep(_admission.BACKOFF)
         out.append((time.perf_counter_ns() - t0) / 1000)
     return out
 
@@ -236,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         f"back-off test once the backlog reaches {limit}, the loop not starved: "
         f"{skip_ns:.0f} ns on 7 calls in 8 (comparisons and an attribute read), "
         f"{look_ns:.0f} ns on every 8th (it also reads the clock); "
-        f"the back-off itself, time.sleep({_bridge._BACKOFF:g}): "
+        f"the back-off itself, time.sleep({_admission.BACKOFF:g}): "
         f"p50 {percentile(sleeps, 50):.0f} us, p99 {percentile(sleeps, 99):.0f} us"
     )
     print("\n### targets (ratios from this run)\n")

@@ -31,7 +31,7 @@ from _common import (
 )
 
 import asyncbridge
-from asyncbridge import _bridge
+from asyncbridge import _admission, _bridge
 
 _now = time.perf_counter_ns
 
@@ -200,9 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(
         f"back-off (asyncbridge._bridge): a caller that finds >= {_bridge._BACKLOG_BEFORE_BACKOFF} "
-        f"jobs waiting and the wake-up pending > {_bridge._STARVED * 1000:g} ms (and < "
-        f"{_bridge._GIVE_UP * 1000:g} ms: older means blocked) sleeps "
-        f"{_bridge._BACKOFF * 1000:g} ms"
+        f"jobs waiting and the wake-up pending > {_admission.STARVED * 1000:g} ms (and < "
+        f"{_admission.GIVE_UP * 1000:g} ms: older means blocked) sleeps "
+        f"{_admission.BACKOFF * 1000:g} ms"
     )
     rows: list[list[object]] = []
     saturated: dict[str, float] = {}

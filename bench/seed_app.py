@@ -56,16 +56,16 @@ if MODE == "asyncbridge":
 # How often the core's back-off for a starved loop slept in this worker (reported at exit).
 _back_offs = 0
 if MODE == "asyncbridge":
-    from asyncbridge import _bridge as _core
+    from asyncbridge import _admission as _core
 
-    _core_back_off = _core._back_off
+    _core_back_off = _core.back_off
 
     def _counting_back_off(rt: Any) -> None:
         global _back_offs
         _back_offs += 1
         _core_back_off(rt)
 
-    _core._back_off = _counting_back_off
+    _core.back_off = _counting_back_off
 
 _ids = itertools.count()
 _accepted = 0

@@ -14,7 +14,15 @@ from typing import Any
 
 import pytest
 
-from asyncbridge import AsyncBridgeError, BacklogFull, Bridge, BridgeClosed, _bridge
+from asyncbridge import (
+    AsyncBridgeError,
+    BacklogFull,
+    Bridge,
+    BridgeClosed,
+    _admission,
+    _bridge,
+    _scheduler,
+)
 from asyncbridge._bridge import SHUTDOWN_MARGIN
 
 from .helpers import assert_invariant, fresh_bridge, sleeper
@@ -561,7 +569,7 @@ def test_a_task_that_finished_as_its_timer_fired_is_not_timed_out() -> None:
         async def finished_task() -> bool:
             task = asyncio.ensure_future(sleeper(0))
             await task
-            bridge._expire(bridge._rt, task)  # the timer's callback, one iteration late
+            _scheduler.expire(bridge._rt, task)  # the timer's callback, one iteration late
             return task in bridge._rt.expired
 
         assert bridge.run(finished_task(), timeout=5) is False
@@ -608,7 +616,7 @@ def back_off_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The back-off's sleeps, recorded instead of slept."""
     sleeps: list[float] = []
     monkeypatch.setattr(
-        _bridge, "time", SimpleNamespace(sleep=sleeps.append, monotonic=time.monotonic)
+        _admission, "time", SimpleNamespace(sleep=sleeps.append, monotonic=time.monotonic)
     )
     return sleeps
 
@@ -642,7 +650,7 @@ def test_a_caller_backs_off_only_while_the_loop_is_starved(
             bridge.run_soon(sleeper(0))  # the look: starved, so it backs off
             assert starved()
             bridge.submit(sleeper(0))  # no look, but the finding stands: it backs off too
-            assert back_off_sleeps == [_bridge._BACKOFF] * 2
+            assert back_off_sleeps == [_admission.BACKOFF] * 2
             rt.scheduled_at = time.monotonic() - 1.0  # far overdue: blocked, not starved
             hand_off_until(4 * every)  # up to the next look, which clears the finding
             assert not starved()

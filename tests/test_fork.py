@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from asyncbridge import Bridge, _bridge
+from asyncbridge import Bridge, _forkmark
 
 from .helpers import FORK_WARNING, assert_invariant, sleeper, wait_child
 
@@ -23,14 +23,14 @@ pytestmark = pytest.mark.filterwarnings(FORK_WARNING)
 def fork_detection(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run every fork test with the kernel's fork marker and with the PID fallback alone."""
     if request.param == "pid comparison":
-        monkeypatch.setattr(_bridge, "_fork_marker", lambda: bytearray(1))
+        monkeypatch.setattr(_forkmark, "fork_marker", lambda: bytearray(1))
     else:
-        assert isinstance(_bridge._fork_marker(), mmap.mmap), "this kernel lacks WIPEONFORK"
+        assert isinstance(_forkmark.fork_marker(), mmap.mmap), "this kernel lacks WIPEONFORK"
     return str(request.param)
 
 
 def test_the_fork_marker_reads_one_here_and_zero_in_a_forked_child() -> None:
-    marker = _bridge._fork_marker()
+    marker = _forkmark.fork_marker()
     assert isinstance(marker, mmap.mmap)
     assert marker[0] == 1
     pid = os.fork()

@@ -1,0 +1,117 @@
+"""Room in the backlog: waiting for it, refusing work (counted and named), and the back-off."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from ._errors import BacklogFull, BridgeClosed
+from ._inputs import coroutine_name
+from ._log import call_hook, close_quietly, logger
+from ._runtime import Runtime
+
+__all__ = ["back_off", "drop", "is_starved", "make_room"]
+
+DROP_WARNING_INTERVAL = 10.0
+
+_monotonic = time.monotonic
+
+# Back-off for a starved loop (the hot path's half of it lives in Bridge.run_soon). Later callers
+# only append while a wake-up is pending, so none of them releases the GIL; with CPU-bound request
+# threads the loop thread then gets it only on the interpreter's 5 ms forced switches, shared with
+# every other thread (a publish delay of hundreds of ms at p99 with 8 such threads). A caller that
+# finds a backlog and the wake-up overdue sleeps briefly, which hands the GIL over. A wake-up
+# pending for longer than GIVE_UP means a loop blocked by its own work (sleeping would not help
+# it), so callers stop paying then. bench/publish_delay.py measures it.
+STARVED = 0.002
+GIVE_UP = 0.1
+BACKOFF = 0.0005
+
+
+def is_starved(rt: Runtime) -> bool:
+    """Read the clock: is the pending wake-up overdue, but not so late that the loop is blocked?"""
+    rt.starved = starved = STARVED < _monotonic() - rt.scheduled_at < GIVE_UP
+    return starved
+
+
+def back_off(rt: Runtime) -> None:
+    """Sleep briefly so that a starved loop thread gets the GIL; never on the loop itself."""
+    if not rt.in_loop_thread():  # the loop is the one we wait for
+        time.sleep(BACKOFF)
+
+
+def make_room(rt: Runtime, coro: Coroutine[Any, Any, Any], *, raise_full: bool = False) -> bool:
+    """The backlog is at ``max_pending``: wait for room (``on_full="block"``) or refuse ``coro``.
+
+    Returns:
+        True when room was found (``"block"`` only); False when ``coro`` was dropped.
+
+    Raises:
+        BacklogFull: ``raise_full`` (``submit``) or ``on_full="raise"``.
+        BridgeClosed: ``raise_full`` and shutdown began while waiting.
+    """
+    options = rt.options
+    if options.on_full == "block" and not rt.in_loop_thread():
+        deadline = time.monotonic() + options.block_timeout
+        with rt.room:
+            rt.room_waiters += 1
+            try:
+                while len(rt.inbox) + rt.running >= options.max_pending and not rt.closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    # Short slices: a wake-up sent just before we started waiting is not lost
+                    # for longer than one slice.
+                    rt.room.wait(min(remaining, 0.05))
+                else:
+                    if not rt.closed:
+                        return True
+            finally:
+                rt.room_waiters -= 1
+        if rt.closed:  # shutdown began while we waited
+            if raise_full:
+                drop(rt, coro, "closed", warn=False)
+                raise BridgeClosed("the bridge was shut down while waiting for room")
+            drop(rt, coro, "closed")
+            return False
+    if raise_full or options.on_full == "raise":
+        drop(rt, coro, "full", warn=False)
+        raise BacklogFull(
+            f"asyncbridge backlog is full ({options.max_pending} pending); raise max_pending, "
+            "lower the rate, or use on_full='drop' or 'block'"
+        )
+    drop(rt, coro, "full")
+    return False
+
+
+def drop(rt: Runtime, coro: Coroutine[Any, Any, Any], reason: str, *, warn: bool = True) -> None:
+    """Refuse ``coro``: close it, count it by reason, warn (rate-limited), call ``on_drop``."""
+    name = coroutine_name(coro)
+    close_quietly(coro)
+    now = time.monotonic()
+    with rt.lock:
+        attr = "dropped_full" if reason == "full" else "dropped_closed"
+        setattr(rt, attr, getattr(rt, attr) + 1)
+        total = getattr(rt, attr)
+        last = rt.warned_at.get(reason)
+        warn = warn and (last is None or now - last >= DROP_WARNING_INTERVAL)
+        if warn:
+            rt.warned_at[reason] = now
+    if warn:
+        why = (
+            f"the backlog is full ({rt.options.max_pending} pending)"
+            if reason == "full"
+            else "the bridge is shut down"
+        )
+        logger.warning(
+            "asyncbridge dropped %s: %s (%d dropped for this reason so far; warnings are "
+            "limited to one per %gs)",
+            name,
+            why,
+            total,
+            DROP_WARNING_INTERVAL,
+        )
+    hook = rt.options.on_drop
+    if hook is not None:
+        call_hook(hook, "on_drop", name, reason)

@@ -1,0 +1,30 @@
+"""The ``asyncbridge`` logger, and calling user code (hooks, ``close()``) safely."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from ._inputs import coroutine_name
+
+__all__ = ["call_hook", "close_quietly", "logger"]
+
+logger = logging.getLogger("asyncbridge")
+
+
+def close_quietly(coro: object) -> None:
+    """Close a coroutine that will never run, so that it warns of nothing; log what it raises."""
+    close = getattr(coro, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            logger.exception("asyncbridge could not close %s", coroutine_name(coro))
+
+
+def call_hook(hook: Callable[..., object], what: str, *args: object) -> None:
+    """Call a user hook (``on_error``, ``on_drop``); an exception is logged and ignored."""
+    try:
+        hook(*args)
+    except Exception:
+        logger.exception("asyncbridge %s hook %r raised; ignored", what, hook)

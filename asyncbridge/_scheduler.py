@@ -1,0 +1,200 @@
+"""The loop side: the loop thread, pulling the inbox, starting tasks, and counting outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from ._future import BridgeFuture
+from ._inputs import coroutine_name
+from ._log import call_hook, close_quietly, logger
+from ._runtime import Item, Runtime
+
+__all__ = [
+    "LOOP_THREAD",
+    "cancel_unstarted",
+    "pull",
+    "run_loop",
+    "start_waiting",
+    "sweep",
+    "when_idle",
+]
+
+# In each bridge loop thread, `owner` is a weak reference to the bridge that runs it, so that
+# Bridge.current() (called by the aiohttp helper for every request) is a lookup, not a scan.
+LOOP_THREAD = threading.local()
+
+_NO_LIMIT = 1 << 62
+
+
+def run_loop(loop: asyncio.AbstractEventLoop, owner: weakref.ref[Any]) -> None:
+    """The loop thread's body: run ``loop`` until shutdown stops it, then close it."""
+    LOOP_THREAD.owner = owner
+    asyncio.set_event_loop(loop)
+    try:
+        while True:
+            try:
+                loop.run_forever()
+                return  # stopped by shutdown
+            except (SystemExit, KeyboardInterrupt) as exc:
+                # asyncio lets these escape run_forever after storing them on the task; keep
+                # the loop alive: the task's done callback counts and reports the failure.
+                logger.debug("asyncbridge loop resumed after a coroutine raised %r", exc)
+    except BaseException:
+        logger.exception("asyncbridge loop thread died; work handed to it is lost")
+        raise
+    finally:
+        try:
+            loop.close()
+        except Exception:
+            logger.exception("asyncbridge could not close its event loop")
+
+
+def pull(rt: Runtime) -> None:
+    """The coalesced wake-up callers queue: start what waits in the inbox."""
+    rt.scheduled = rt.starved = False
+    start_waiting(rt)
+
+
+def start_waiting(rt: Runtime) -> None:
+    """Start waiting work, oldest first, up to ``max_concurrency`` running at once."""
+    inbox = rt.inbox
+    if not inbox:
+        return
+    if rt.cleaning:
+        cancel_unstarted(rt)
+        return
+    options = rt.options
+    batch: list[Item] = []
+    with rt.lock:
+        room = (options.max_concurrency or _NO_LIMIT) - rt.running
+        while inbox and room > 0:
+            batch.append(inbox.popleft())
+            room -= 1
+        rt.taken += len(batch)
+        rt.running += len(batch)
+    loop = rt.loop
+    assert loop is not None
+    timeout = options.task_timeout
+    for coro, context, future in batch:
+        if future is not None and not future.set_running_or_notify_cancel():
+            close_quietly(coro)
+            _count(rt, "cancelled")
+            continue
+        task = loop.create_task(coro, context=context)
+        rt.tasks.add(task)
+        handle = None if timeout is None else loop.call_later(timeout, expire, rt, task)
+        if future is not None:
+            future._task = task
+            if future._cancel_requested:  # cancel() ran before the task existed
+                task.cancel()
+        task.add_done_callback(functools.partial(_on_done, rt, future, handle))
+    if rt.room_waiters:
+        with rt.room:
+            rt.room.notify_all()
+
+
+def expire(rt: Runtime, task: asyncio.Task[Any]) -> None:
+    """``task_timeout`` passed: cancel the task and remember why."""
+    # A task that finished in this same loop iteration is not timed out: its done
+    # callbacks are merely still queued.
+    if not task.done() and task.cancel():
+        rt.expired.add(task)
+
+
+def _on_done(
+    rt: Runtime,
+    future: BridgeFuture[Any] | None,
+    handle: asyncio.TimerHandle | None,
+    task: asyncio.Task[Any],
+) -> None:
+    if handle is not None:
+        handle.cancel()
+    rt.tasks.discard(task)
+    expired = task in rt.expired
+    if expired:
+        rt.expired.discard(task)
+    exc: BaseException | None = None
+    if expired:
+        outcome = "timed_out"
+        exc = TimeoutError(f"exceeded task_timeout of {rt.options.task_timeout}s")
+        if not task.cancelled():
+            task.exception()  # mark retrieved: a coroutine may turn the cancel into an error
+    elif task.cancelled():
+        outcome = "cancelled"
+        if rt.closed:
+            rt.cancelled_names.append(coroutine_name(task.get_coro()))
+    else:
+        exc = task.exception()
+        outcome = "completed" if exc is None else "failed"
+    _count(rt, outcome)
+    if future is not None:
+        if outcome == "completed":
+            future.set_result(task.result())
+        elif outcome == "cancelled":
+            future._set_cancelled()
+        else:
+            assert exc is not None
+            future.set_exception(exc)
+    elif exc is not None:
+        _report_failure(rt, exc, coroutine_name(task.get_coro()), outcome)
+    if rt.inbox:
+        start_waiting(rt)
+    elif rt.room_waiters:
+        with rt.room:
+            rt.room.notify_all()
+    if rt.idle_waiters and rt.running == 0 and not rt.inbox:
+        waiters, rt.idle_waiters = rt.idle_waiters, []
+        for waiter in waiters:
+            waiter()
+
+
+def _count(rt: Runtime, outcome: str) -> None:
+    with rt.lock:
+        rt.running -= 1
+        setattr(rt, outcome, getattr(rt, outcome) + 1)
+
+
+def _report_failure(rt: Runtime, exc: BaseException, name: str, outcome: str) -> None:
+    if outcome == "timed_out":
+        logger.error("asyncbridge task %s timed out: %s", name, exc)
+    else:
+        logger.error("asyncbridge task %s failed", name, exc_info=exc)
+    hook = rt.options.on_error
+    if hook is not None:
+        call_hook(hook, "on_error", exc, name)
+
+
+def when_idle(rt: Runtime, callback: Callable[[], object]) -> None:
+    """Call ``callback`` on the loop once nothing is pending or running."""
+    start_waiting(rt)
+    if rt.running == 0 and not rt.inbox:
+        callback()
+    else:
+        rt.idle_waiters.append(callback)
+
+
+def cancel_unstarted(rt: Runtime) -> None:
+    """Take every item left in the inbox and cancel it (counted, named, closed)."""
+    inbox = rt.inbox
+    items: list[Item] = []
+    with rt.lock:
+        while inbox:
+            items.append(inbox.popleft())
+        rt.taken += len(items)
+        rt.cancelled += len(items)
+        rt.cancelled_names.extend(coroutine_name(coro) for coro, _, _ in items)
+    for coro, _, future in items:
+        close_quietly(coro)
+        if future is not None:
+            future.cancel()
+
+
+def sweep(rt: Runtime) -> None:
+    """Cancel what is left in the inbox once the loop is gone (shutdown, or a racing caller)."""
+    if rt.finished or (rt.loop is not None and rt.loop.is_closed()):
+        cancel_unstarted(rt)
