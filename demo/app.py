@@ -1,16 +1,17 @@
 """The demo's Flask app: a tiny site whose page views are tracked and pushed to the hub.
 
-``/track?path=/pricing`` (GET or POST) records a hit for a path and answers 202 at once: the
-push to the hub happens on asyncbridge's background loop, over the shared pooled aiohttp
-session, signed with the shared secret. Every other page of the site tracks itself.
+``/track?path=/pricing`` (GET or POST) records a hit for a path and pushes it to the hub, signed
+with the shared secret, in the current mode (see :mod:`demo.mode`): handed to asyncbridge's
+background loop (answers 202 at once), or inline, with a blocking client (answers 202 once the
+hub has, 502 if the push failed). Every other page of the site tracks itself.
 
-Served by gunicorn with ``demo/gunicorn.conf.py``; the hub's address comes from ``$DEMO_HUB_URL``.
+Served by gunicorn with ``demo/gunicorn.conf.py``; the hub's address comes from ``$DEMO_HUB_URL``,
+the mode from the file ``$DEMO_MODE_FILE`` (written by the hub), else ``$DEMO_MODE``.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import threading
@@ -20,56 +21,63 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 
 import asyncbridge
-import asyncbridge.aiohttp
 
-from .signing import SIGNATURE_HEADER, load_secret, sign
+from .metrics import MODE_KEY, RequestTimer
+from .mode import DEFAULT, ModeFile
+from .push import HUB_URL, hand_off, push_inline
+from .signing import load_secret
 
-__all__ = ["app", "push_hit", "track"]
+__all__ = ["app", "track"]
 
-HUB_URL = os.environ.get("DEMO_HUB_URL", "http://127.0.0.1:8001").rstrip("/")
 PAGES = ("/", "/pricing", "/docs", "/blog", "/signup")
 
 logger = logging.getLogger("demo.app")
 app = Flask(__name__)
+app.wsgi_app = RequestTimer(app.wsgi_app, HUB_URL, load_secret())  # type: ignore[method-assign]
 
-# Read once at import (in each worker); never logged.
-_SECRET = load_secret()
+_mode = ModeFile(os.environ.get("DEMO_MODE_FILE"), os.environ.get("DEMO_MODE") or DEFAULT)
 _ids = itertools.count(1)
 _ids_lock = threading.Lock()
 
 
-async def push_hit(hit: dict[str, Any]) -> None:
-    """Send one hit to the hub, signed. Runs on the bridge loop; failures are logged there.
-
-    ``post_json`` sends ``json.dumps(payload)`` (the session's default serializer), so the
-    signature is computed over exactly those bytes.
-    """
-    body = json.dumps(hit).encode()
-    await asyncbridge.aiohttp.post_json(
-        f"{HUB_URL}/events", hit, headers={SIGNATURE_HEADER: sign(_SECRET, body)}
-    )
-
-
-def track(path: str) -> bool:
-    """Record a hit for ``path`` and hand its push to the background loop.
-
-    Returns:
-        Whether asyncbridge accepted the push (False only when its backlog is full or it is
-        shutting down; the drop is counted in ``asyncbridge.stats()``).
-    """
+def _new_hit(path: str, mode: str) -> dict[str, Any]:
     with _ids_lock:
         n = next(_ids)
     pid = os.getpid()
-    hit = {"id": f"{pid}-{n}", "path": path[:200] or "/", "pid": pid, "at": time.time()}
-    return asyncbridge.run_soon(push_hit(hit))
+    # "at" is the hand-off time: the hub plots its arrival delay from it.
+    hit_id = f"{pid}-{n}"
+    return {"id": hit_id, "path": path[:200] or "/", "pid": pid, "mode": mode, "at": time.time()}
+
+
+def track(path: str) -> tuple[bool, str]:
+    """Record a hit for ``path`` and push it to the hub in the current mode.
+
+    Returns:
+        ``(ok, error)``. With asyncbridge, ``ok`` says whether it accepted the push (False only
+        when its backlog is full or it is shutting down; the drop is counted in
+        ``asyncbridge.stats()``). Inline, whether the hub took it; ``error`` says why not.
+    """
+    mode = _mode.read()
+    request.environ[MODE_KEY] = mode
+    hit = _new_hit(path, mode)
+    if mode == "asyncbridge":
+        return hand_off(hit), ""
+    try:
+        push_inline(hit)
+    except OSError as exc:
+        logger.warning("inline push of hit %s failed: %s", hit["id"], exc)
+        return False, f"push to the hub failed: {exc}"
+    return True, ""
 
 
 @app.route("/track", methods=["GET", "POST"])
 def track_view() -> tuple[Response, int]:
-    """Track ``?path=`` (or a JSON body's ``path``); answers 202 without waiting for the hub."""
+    """Track ``?path=`` (or a JSON body's ``path``): 202 when the push was taken, else 502."""
     body = request.get_json(silent=True) if request.method == "POST" else None
     path = request.args.get("path") or (body or {}).get("path") or "/"
-    queued = track(str(path))
+    queued, error = track(str(path))
+    if error:
+        return jsonify(queued=False, error=error), 502
     return jsonify(queued=queued), 202
 
 
@@ -79,6 +87,7 @@ def stats_view() -> Response:
     s = asyncbridge.stats()
     return jsonify(
         pid=s.pid,
+        mode=_mode.read(),
         accepted=s.accepted,
         completed=s.completed,
         failed=s.failed,

@@ -2,6 +2,10 @@
 # Run from the repository root: gunicorn -c demo/gunicorn.conf.py
 import logging
 import os
+import signal
+import threading
+import time
+from typing import Any
 
 # Each worker gets its own loop; worker_exit drains it under a deadline below gunicorn's
 # timeouts and logs the drain report; worker_int and worker_abort shorten that deadline on the
@@ -28,4 +32,27 @@ logging.basicConfig(
     datefmt="[%Y-%m-%d %H:%M:%S %z]",
 )
 
-__all__ = ["post_fork", "post_worker_init", "worker_abort", "worker_exit", "worker_int"]
+
+def when_ready(server: Any) -> None:
+    # demo.run starts gunicorn in a session of its own, out of reach of a terminal's Ctrl-C, and
+    # stops it with SIGTERM. Should demo.run die without doing so, stop gracefully all the same.
+    parent = int(os.environ.get("DEMO_PARENT_PID") or 0)
+    if parent:
+        threading.Thread(target=_stop_without, args=(server, parent), daemon=True).start()
+
+
+def _stop_without(server: Any, parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    server.log.warning("demo.run (pid %d) went away; stopping gracefully", parent)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+__all__ = [
+    "post_fork",
+    "post_worker_init",
+    "when_ready",
+    "worker_abort",
+    "worker_exit",
+    "worker_int",
+]

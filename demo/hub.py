@@ -2,12 +2,17 @@
 
 Endpoints:
 
-- ``POST /events``: a JSON event ``{"id": ..., "path": ...}`` signed with the shared secret
-  (see :mod:`demo.signing`). Unsigned or badly signed events get 401; accepted ones are counted
-  and fanned out to every browser listening.
-- ``GET /stream``: Server-Sent Events. A ``snapshot`` event with the counts so far, then one
-  ``hit`` event per accepted event.
-- ``GET /api/counts``: the counts as JSON (for tests and scripts).
+- ``POST /events``: a JSON event ``{"id": ..., "path": ..., "at": ...}`` signed with the shared
+  secret (see :mod:`demo.signing`). Unsigned or badly signed events get 401; accepted ones are
+  counted and fanned out to every browser listening. ``at`` is the app's hand-off time: the hub
+  plots the arrival delay from it.
+- ``POST /metrics``: the app's request timings, signed the same way (see :mod:`demo.metrics`).
+- ``GET /stream``: Server-Sent Events. First a ``snapshot`` with the counts, the latest hits, the
+  current rate, the mode and the graph so far; then a ``hit`` per accepted event, a ``tick`` per
+  second (one point of the graph) and a ``mode`` when the switch is flipped.
+- ``GET /api/counts``, ``GET /api/series``: the counts and the graph's points as JSON.
+- ``GET /api/mode``, ``POST /api/mode`` with ``{"mode": "inline"}`` or ``{"mode": "asyncbridge"}``:
+  how the app pushes (see :mod:`demo.mode`).
 - ``GET /``: the dashboard page (``demo/static/``).
 
 Run alone with ``python -m demo.hub --port 8001``; :mod:`demo.run` starts it for you.
@@ -21,14 +26,18 @@ import collections
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from .mode import DEFAULT, MODES, ModeFile
 from .signing import SIGNATURE_HEADER, load_secret, verify
 
 __all__ = ["Hub", "main", "make_app"]
@@ -36,38 +45,96 @@ __all__ = ["Hub", "main", "make_app"]
 logger = logging.getLogger("demo.hub")
 
 STATIC = Path(__file__).resolve().parent / "static"
-_MAX_BODY = 16 * 1024
+_MAX_BODY = 1024 * 1024  # a metrics report of a busy worker; events are far smaller
 _SUBSCRIBER_BACKLOG = 1000
 _RECENT_IDS = 100_000
+_RECENT_HITS = 12
+_RATE_WINDOW_S = 10.0
+_SERIES_POINTS = 300
+# A second is plotted this long after it ends: the app reports its timings every 0.5 s.
+_SERIES_LAG_S = 2
 _KEEPALIVE_S = 15.0
 _CLOSE = None  # put in a subscriber's queue to end its stream
 
+_Message = tuple[str, dict[str, Any]]
+
+
+@dataclass
+class _Second:
+    """What happened in one wall-clock second: request times, arrival delays (ms)."""
+
+    requests: list[float] = field(default_factory=list)
+    modes: set[str] = field(default_factory=set)
+    arrivals: list[float] = field(default_factory=list)
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    """The nearest-rank ``q`` percentile (0 < q <= 100), or None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)], 3)
+
 
 class Hub:
-    """Counts signed events and fans them out to Server-Sent Events subscribers."""
+    """Counts signed events, keeps the graph's points and fans both out to subscribers.
 
-    def __init__(self, secret: bytes, *, delay: float = 0.0) -> None:
+    Args:
+        secret: The shared secret events and reports must be signed with.
+        delay: Seconds to wait before accepting each event (a slow push service).
+        mode: Where the app's push mode is kept.
+    """
+
+    def __init__(self, secret: bytes, *, delay: float = 0.0, mode: ModeFile | None = None) -> None:
         self._secret = secret
         self.delay = delay
+        self.mode = mode or ModeFile(None)
         self.paths: collections.Counter[str] = collections.Counter()
         self.total = 0
         # Recent event ids, to count duplicates; bounded so that a long run does not grow.
         self._recent_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.duplicates = 0
         self.rejected = 0
-        self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=_RECENT_HITS)
+        self._accepted_at: collections.deque[float] = collections.deque()
+        self._seconds: dict[int, _Second] = collections.defaultdict(_Second)
+        self.series: collections.deque[dict[str, Any]] = collections.deque(maxlen=_SERIES_POINTS)
+        self._plotted_until: int | None = None
+        self.late_samples = 0
+        self._subscribers: set[asyncio.Queue[_Message | None]] = set()
+
+    def rate(self) -> float:
+        """Events accepted per second over the last 10 s."""
+        cutoff = time.monotonic() - _RATE_WINDOW_S
+        while self._accepted_at and self._accepted_at[0] < cutoff:
+            self._accepted_at.popleft()
+        return round(len(self._accepted_at) / _RATE_WINDOW_S, 1)
 
     def counts(self) -> dict[str, Any]:
-        """Everything the dashboard shows, as one JSON-ready dict."""
+        """The counts, the rate and the mode, as one JSON-ready dict."""
         return {
             "total": self.total,
             "paths": dict(self.paths),
             "duplicates": self.duplicates,
             "rejected": self.rejected,
             "subscribers": len(self._subscribers),
+            "rate": self.rate(),
+            "mode": self.mode.read(),
         }
 
+    def snapshot(self) -> dict[str, Any]:
+        """Everything a dashboard needs to show the truth at once: counts, latest hits, graph."""
+        return {**self.counts(), "recent": list(self.recent), "series": list(self.series)}
+
+    def _publish(self, event: str, data: dict[str, Any]) -> None:
+        for queue in list(self._subscribers):
+            try:
+                queue.put_nowait((event, data))
+            except asyncio.QueueFull:  # a stalled browser: drop it, it reconnects with a snapshot
+                self._subscribers.discard(queue)
+
     async def post_event(self, request: web.Request) -> web.Response:
+        received = time.time()
         body = await request.read()
         # The header value is never logged: a forged or replayed signature is no one's business
         # in the log, and the secret is not in it anyway.
@@ -81,6 +148,9 @@ class Hub:
             event_id = str(event["id"])
         except (ValueError, KeyError, TypeError):
             return web.json_response({"error": "expected JSON with id and path"}, status=400)
+        handed_off = event.get("at")
+        if isinstance(handed_off, int | float):
+            self._seconds[int(received)].arrivals.append(max(0.0, received - handed_off) * 1000)
         if self.delay:  # a slow push service: work is still in flight when the app stops
             await asyncio.sleep(self.delay)
         if event_id in self._recent_ids:
@@ -90,6 +160,7 @@ class Hub:
             self._recent_ids.popitem(last=False)
         self.paths[path] += 1
         self.total += 1
+        self._accepted_at.append(time.monotonic())
         message = {
             "id": event_id,
             "path": path,
@@ -98,15 +169,70 @@ class Hub:
             "pid": event.get("pid"),
             "at": time.time(),
         }
-        for queue in list(self._subscribers):
-            try:
-                queue.put_nowait(message)
-            except asyncio.QueueFull:  # a stalled browser: drop it, it reconnects with a snapshot
-                self._subscribers.discard(queue)
+        self.recent.appendleft(message)
+        self._publish("hit", message)
         return web.json_response({"ok": True, "total": self.total}, status=202)
 
+    async def post_metrics(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if not verify(self._secret, body, request.headers.get(SIGNATURE_HEADER)):
+            self.rejected += 1
+            logger.warning("rejected metrics from %s: missing or bad signature", request.remote)
+            return web.json_response({"error": "missing or bad signature"}, status=401)
+        try:
+            report = json.loads(body)["samples"]
+            samples = [(float(t), float(ms), str(mode)) for t, ms, mode in report]
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": "expected JSON with samples"}, status=400)
+        for ended, ms, mode in samples:
+            second = int(ended)
+            if self._plotted_until is not None and second <= self._plotted_until:
+                self.late_samples += 1
+                continue
+            bucket = self._seconds[second]
+            bucket.requests.append(ms)
+            bucket.modes.add(mode)
+        return web.json_response({"ok": True}, status=202)
+
+    def plot_until(self, second: int) -> list[dict[str, Any]]:
+        """Turn every second up to ``second`` not yet plotted into a point of the graph.
+
+        Returns:
+            The new points, oldest first (a second without traffic has ``None`` values).
+        """
+        start = second if self._plotted_until is None else self._plotted_until + 1
+        points = []
+        for s in range(start, second + 1):
+            bucket = self._seconds.pop(s, _Second())
+            modes = sorted(bucket.modes)
+            point = {
+                "t": s,
+                "requests": len(bucket.requests),
+                "req_p50": _percentile(bucket.requests, 50),
+                "req_p99": _percentile(bucket.requests, 99),
+                "pushes": len(bucket.arrivals),
+                "arr_p50": _percentile(bucket.arrivals, 50),
+                "arr_p99": _percentile(bucket.arrivals, 99),
+                "mode": modes[0] if len(modes) == 1 else ("mixed" if modes else None),
+            }
+            points.append(point)
+            self.series.append(point)
+        if self._plotted_until is None or second > self._plotted_until:
+            self._plotted_until = second
+        for stale in [s for s in self._seconds if s <= second]:  # reports older than the graph
+            del self._seconds[stale]
+        return points
+
+    async def tick(self) -> None:
+        """Once a second, just after the wall clock's second changes: plot and publish."""
+        while True:
+            now = time.time()
+            await asyncio.sleep(math.floor(now) + 1.05 - now)
+            for point in self.plot_until(int(time.time()) - _SERIES_LAG_S):
+                self._publish("tick", {"point": point, "rate": self.rate()})
+
     async def stream(self, request: web.Request) -> web.StreamResponse:
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(_SUBSCRIBER_BACKLOG)
+        queue: asyncio.Queue[_Message | None] = asyncio.Queue(_SUBSCRIBER_BACKLOG)
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -117,7 +243,7 @@ class Hub:
         await response.prepare(request)
         self._subscribers.add(queue)
         try:
-            await response.write(_sse("snapshot", self.counts()))
+            await response.write(_sse("snapshot", self.snapshot()))
             while True:
                 try:
                     message = await asyncio.wait_for(queue.get(), _KEEPALIVE_S)
@@ -126,7 +252,7 @@ class Hub:
                     continue
                 if message is _CLOSE or queue not in self._subscribers:
                     break
-                await response.write(_sse("hit", message))
+                await response.write(_sse(*message))
         except (ConnectionResetError, ConnectionError):
             pass
         finally:
@@ -141,50 +267,95 @@ class Hub:
                 queue.put_nowait(_CLOSE)
 
     async def get_counts(self, request: web.Request) -> web.Response:
-        return web.json_response(self.counts())
+        return web.json_response({**self.counts(), "late_samples": self.late_samples})
+
+    async def get_series(self, request: web.Request) -> web.Response:
+        return web.json_response(list(self.series))
+
+    async def get_mode(self, request: web.Request) -> web.Response:
+        return web.json_response({"mode": self.mode.read()})
+
+    async def post_mode(self, request: web.Request) -> web.Response:
+        # JSON only: a cross-site form cannot send it, and a cross-site fetch of it needs a CORS
+        # preflight that the hub does not answer, so another page cannot flip the switch.
+        if request.content_type != "application/json":
+            return web.json_response({"error": 'send JSON: {"mode": ...}'}, status=415)
+        try:
+            mode = str((await request.json())["mode"])
+            self.mode.write(mode)
+        except (ValueError, KeyError, TypeError):
+            return web.json_response(
+                {"error": f'expected {{"mode": ...}} with one of {", ".join(MODES)}'}, status=400
+            )
+        except RuntimeError as exc:
+            return web.json_response({"error": str(exc)}, status=409)
+        logger.info("push mode set to %s", mode)
+        self._publish("mode", {"mode": mode})
+        return web.json_response({"mode": mode})
 
     async def dashboard(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "dashboard.html", headers={"Cache-Control": "no-cache"})
+
+    async def favicon(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "favicon.svg", headers={"Content-Type": "image/svg+xml"})
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-def make_app(secret: bytes | None = None, *, delay: float = 0.0) -> web.Application:
+def make_app(
+    secret: bytes | None = None, *, delay: float = 0.0, mode: ModeFile | None = None
+) -> web.Application:
     """The hub's aiohttp application.
 
     Args:
         secret: The shared secret events must be signed with; defaults to :func:`load_secret`.
         delay: Seconds to wait before answering each accepted event (a slow service).
+        mode: Where the app's push mode is kept; by default a fixed ``asyncbridge`` mode.
     """
-    hub = Hub(load_secret() if secret is None else secret, delay=delay)
+    hub = Hub(load_secret() if secret is None else secret, delay=delay, mode=mode)
     app = web.Application(client_max_size=_MAX_BODY)
     app["hub"] = hub
     app.router.add_post("/events", hub.post_event)
+    app.router.add_post("/metrics", hub.post_metrics)
     app.router.add_get("/stream", hub.stream)
     app.router.add_get("/api/counts", hub.get_counts)
+    app.router.add_get("/api/series", hub.get_series)
+    app.router.add_get("/api/mode", hub.get_mode)
+    app.router.add_post("/api/mode", hub.post_mode)
     app.router.add_get("/", hub.dashboard)
+    app.router.add_get("/favicon.ico", hub.favicon)
     app.router.add_static("/static/", STATIC)
+
+    async def ticking(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(hub.tick())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.append(ticking)
     app.on_shutdown.append(hub.close_streams)
     return app
 
 
-async def _serve(host: str, port: int, *, managed: bool, delay: float) -> None:
-    app = make_app(delay=delay)
+async def _serve(host: str, port: int, *, managed: bool, delay: float, mode: ModeFile) -> None:
+    app = make_app(delay=delay, mode=mode)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
     bound = runner.addresses[0][1]
-    logger.info("hub listening on http://%s:%d (dashboard at /)", host, bound)
+    logger.info("hub (pid %d) listening on http://%s:%d (dashboard at /)", os.getpid(), host, bound)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     if managed:
-        # Ctrl-C in a terminal reaches the whole process group. Under demo.run the hub must
-        # outlive gunicorn, whose workers push their last hits while they drain; demo.run stops
-        # the hub with SIGTERM once gunicorn has exited.
+        # demo.run starts the hub in a session of its own, so a terminal's Ctrl-C does not reach
+        # it; it must outlive gunicorn, whose workers push their last hits while they drain, and
+        # demo.run stops it with SIGTERM once gunicorn has exited. SIGINT from elsewhere is
+        # ignored for the same reason.
         loop.add_signal_handler(signal.SIGINT, lambda: None)
         parent = os.getppid()
     else:
@@ -217,11 +388,23 @@ def main(argv: list[str] | None = None) -> None:
         "--delay", type=float, default=0.0, help="seconds to wait before accepting each event"
     )
     parser.add_argument(
+        "--mode", choices=MODES, default=DEFAULT, help="how the app pushes, at the start"
+    )
+    parser.add_argument(
+        "--mode-file",
+        default=None,
+        help="the file the app reads its push mode from; the switch writes it (default: none, "
+        "the mode is fixed)",
+    )
+    parser.add_argument(
         "--managed", action="store_true", help="ignore SIGINT; stop on SIGTERM (used by demo.run)"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [hub] %(levelname)s %(message)s")
-    asyncio.run(_serve(args.host, args.port, managed=args.managed, delay=args.delay))
+    mode = ModeFile(args.mode_file, args.mode)
+    if args.mode_file:
+        mode.write(args.mode)
+    asyncio.run(_serve(args.host, args.port, managed=args.managed, delay=args.delay, mode=mode))
 
 
 if __name__ == "__main__":

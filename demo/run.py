@@ -1,30 +1,37 @@
 """Start the live-analytics demo: the push hub, and the Flask app under gunicorn, on 127.0.0.1.
 
 ``./scripts/demo`` runs this module. It prints the dashboard URL and how to make traffic, and
-stops everything on Ctrl-C: gunicorn first, so that each worker drains its pending pushes to the
-hub (asyncbridge logs a drain report per worker), then the hub. With ``--exit-after`` it stops by
-itself, for CI, and exits 0 only when every accepted hit reached the hub.
+stops everything on Ctrl-C: the traffic first, then gunicorn, gracefully, so that each worker
+drains its pending pushes to the hub and logs its drain report, then the hub. The servers run in
+sessions of their own, so a terminal's Ctrl-C reaches only this runner, which turns it into that
+graceful stop. With ``--exit-after`` it stops by itself, for CI, and exits 0 only when every
+accepted hit reached the hub and every worker reported a clean drain.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, Any, TextIO
 
+from .mode import DEFAULT, MODES
 from .signing import secret_source
 from .traffic import Result, send_hits
 
@@ -32,7 +39,62 @@ __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = re.compile(r"asyncbridge shutdown of pid (\d+) .*")
+BOOTED = re.compile(r"Booting worker with pid: (\d+)")
 logger = logging.getLogger("demo.run")
+
+
+class _Output:
+    """The demo's output: the terminal, and with ``--log`` a file as well, line by line.
+
+    Every line is flushed at once, also when stdout is a pipe. When the terminal goes away (a
+    ``tee`` that died of the same Ctrl-C, a closed window), the file still gets everything.
+    """
+
+    def __init__(self, log: Path | None) -> None:
+        self._lock = threading.Lock()
+        self._file: TextIO | None = open(log, "a", encoding="utf-8") if log else None
+        self.terminal_lost = False
+
+    def write(self, text: str, stream: TextIO) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.write(text)
+                self._file.flush()
+            if self.terminal_lost:
+                return
+            try:
+                stream.write(text)
+                stream.flush()
+            except (OSError, ValueError):  # EPIPE, EIO; or a closed stream
+                self.terminal_lost = True
+                _silence(sys.stdout, sys.stderr)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+def _silence(*streams: TextIO) -> None:
+    """Point broken terminal streams at /dev/null, so that the exit's final flush cannot fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in streams:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
+class _OutputHandler(logging.Handler):
+    def __init__(self, output: _Output) -> None:
+        super().__init__()
+        self.output = output
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.output.write(self.format(record) + "\n", sys.stderr)
+        except Exception:
+            self.handleError(record)
 
 
 def _free_port(host: str) -> int:
@@ -67,15 +129,12 @@ def _wait_ready(
     raise RuntimeError(f"{what} did not answer {url} within {timeout:g}s")
 
 
-def _forward(stream: IO[bytes], reports: dict[int, str]) -> None:
-    """Copy gunicorn's log to ours, keeping the asyncbridge drain reports for the summary."""
+def _forward(stream: IO[bytes], output: _Output, on_line: Callable[[str], None]) -> None:
+    """Copy a server's output to ours, line by line, and let ``on_line`` read each line."""
     for raw in stream:
         line = raw.decode(errors="replace")
-        sys.stderr.write(line)
-        sys.stderr.flush()
-        found = REPORT.search(line)
-        if found:  # one per worker, even if it is logged twice (a report that is not clean)
-            reports.setdefault(int(found.group(1)), found.group(0))
+        output.write(line, sys.stderr)
+        on_line(line)
     stream.close()
 
 
@@ -103,6 +162,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--app-port", type=int, default=0, help="app port (0: free)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
     parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default=DEFAULT,
+        help="how the app pushes each hit at the start: handed to asyncbridge.run_soon, or "
+        "inline with a blocking client (the dashboard's switch flips it; default asyncbridge)",
+    )
+    parser.add_argument(
         "--traffic", type=int, default=0, metavar="N", help="send N tracked hits once started"
     )
     parser.add_argument(
@@ -111,9 +177,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--hub-delay",
         type=float,
-        default=0.0,
+        default=0.05,
         metavar="SECONDS",
-        help="make the hub this slow to accept each push, to watch Ctrl-C drain work in flight",
+        help="how long the hub takes to accept each push, like a hosted service (default 0.05); "
+        "make it 2 to watch Ctrl-C drain work in flight",
+    )
+    parser.add_argument(
+        "--log",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also append everything the demo and its servers print to FILE (use it rather "
+        "than a pipe to tee, which the same Ctrl-C stops)",
     )
     parser.add_argument(
         "--exit-after",
@@ -126,18 +201,25 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 class _Demo:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, output: _Output) -> None:
         self.args = args
+        self.output = output
         self.stopping = threading.Event()
         self.interrupts = 0
         self.hub: subprocess.Popen[bytes] | None = None
         self.gunicorn: subprocess.Popen[bytes] | None = None
+        self.gunicorn_status: int | None = None
+        self.workers: list[int] = []  # every worker gunicorn booted, in order
         self.reports: dict[int, str] = {}
-        self.forwarder: threading.Thread | None = None
+        self.forwarders: dict[str, threading.Thread] = {}
         self.traffic: Result | None = None
         self.traffic_done = threading.Event()
         self.traffic_thread: threading.Thread | None = None
+        self.state_dir = Path(tempfile.mkdtemp(prefix="asyncbridge-demo-"))
         self.up = False
+
+    def print(self, text: str = "") -> None:
+        self.output.write(text + "\n", sys.stdout)
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.interrupts += 1
@@ -151,6 +233,37 @@ class _Demo:
                     proc.kill()
             os._exit(130)
 
+    def _on_gunicorn_line(self, line: str) -> None:
+        booted = BOOTED.search(line)
+        if booted:
+            self.workers.append(int(booted.group(1)))
+        found = REPORT.search(line)
+        if found:  # one per worker, even if it is logged twice (a report that is not clean)
+            self.reports.setdefault(int(found.group(1)), found.group(0))
+
+    def _spawn(
+        self, what: str, argv: list[str], env: dict[str, str], on_line: Callable[[str], None]
+    ) -> subprocess.Popen[bytes]:
+        # A session of its own: a terminal's Ctrl-C goes to its foreground process group, which
+        # is this runner's, and must not reach gunicorn's workers (SIGINT is their quick exit,
+        # which cancels pushes in flight) nor the hub (which must outlive the workers' drain).
+        proc = subprocess.Popen(
+            [sys.executable, *argv],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        forwarder = threading.Thread(
+            target=_forward, args=(proc.stdout, self.output, on_line), daemon=True
+        )
+        forwarder.start()
+        self.forwarders[what] = forwarder
+        return proc
+
     def start(self) -> tuple[str, str]:
         a = self.args
         client = _client_host(a.host)
@@ -158,31 +271,24 @@ class _Demo:
         app_port = a.app_port or _free_port(a.host)
         hub_url = f"http://{client}:{hub_port}"
         app_url = f"http://{client}:{app_port}"
+        mode_file = self.state_dir / "mode"
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
         env["PYTHONUNBUFFERED"] = "1"
+        env["DEMO_PARENT_PID"] = str(os.getpid())
         hub_argv = ["-m", "demo.hub", "--managed", "--host", a.host, "--port", str(hub_port)]
-        hub_argv += ["--delay", str(a.hub_delay)]
-        self.hub = subprocess.Popen(
-            [sys.executable, *hub_argv],
-            cwd=ROOT,
-            env=env,
-        )
+        hub_argv += ["--delay", str(a.hub_delay), "--mode", a.mode, "--mode-file", str(mode_file)]
+        self.hub = self._spawn("hub", hub_argv, env, lambda line: None)
         _wait_ready(f"{hub_url}/api/counts", self.hub, "the hub", 20, self.stopping)
         env.update(
-            DEMO_APP_BIND=f"{a.host}:{app_port}", DEMO_HUB_URL=hub_url, DEMO_WORKERS=str(a.workers)
+            DEMO_APP_BIND=f"{a.host}:{app_port}",
+            DEMO_HUB_URL=hub_url,
+            DEMO_WORKERS=str(a.workers),
+            DEMO_MODE_FILE=str(mode_file),
+            DEMO_MODE=a.mode,
         )
-        self.gunicorn = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "demo/gunicorn.conf.py"],
-            cwd=ROOT,
-            env=env,
-            stderr=subprocess.PIPE,
-        )
-        assert self.gunicorn.stderr is not None
-        self.forwarder = threading.Thread(
-            target=_forward, args=(self.gunicorn.stderr, self.reports), daemon=True
-        )
-        self.forwarder.start()
+        gunicorn_argv = ["-m", "gunicorn", "-c", "demo/gunicorn.conf.py"]
+        self.gunicorn = self._spawn("gunicorn", gunicorn_argv, env, self._on_gunicorn_line)
         _wait_ready(f"{app_url}/stats", self.gunicorn, "gunicorn", 30, self.stopping)
         return hub_url, app_url
 
@@ -197,12 +303,13 @@ class _Demo:
             f"  the app:       {app_url}/   (every page view is tracked)",
             f"  track a hit:   curl -X POST '{app_url}/track?path=/pricing'",
             f"  more traffic:  {python} -m demo.traffic --url {app_url} -n 200",
+            f"  push mode:     {self.args.mode} (flip it with the dashboard's switch)",
             f"  shared secret: from {secret_source()}",
-            "  Ctrl-C stops gunicorn (each worker logs its asyncbridge drain report),",
-            "  then the hub.",
+            "  Ctrl-C stops the traffic, then gunicorn (each worker drains its pending pushes",
+            "  and logs its asyncbridge drain report), then the hub.",
             "",
         ]
-        print("\n".join(lines), flush=True)
+        self.print("\n".join(lines))
 
     def send_traffic(self, app_url: str) -> None:
         a = self.args
@@ -245,15 +352,16 @@ class _Demo:
 
     def stop(self, hub_url: str | None) -> dict[str, Any] | None:
         self.stopping.set()
+        # The traffic first: a hit sent while gunicorn closes its socket would fail, and every
+        # hit the app accepted is then in a worker's hands before the workers are told to stop.
+        if self.traffic_thread is not None:
+            self.traffic_thread.join(30)
         if self.gunicorn is not None:
             logger.info("stopping gunicorn: its workers drain their pending pushes to the hub")
-            status = _stop(self.gunicorn, "gunicorn", 10 + 15)
-            if self.forwarder is not None:
-                self.forwarder.join(5)
-        if self.traffic_thread is not None:
-            self.traffic_thread.join(15)
-            if status != 0:
-                logger.error("gunicorn exited with status %d", status)
+            self.gunicorn_status = _stop(self.gunicorn, "gunicorn", 10 + 15)
+            if self.gunicorn_status != 0:
+                logger.error("gunicorn exited with status %d", self.gunicorn_status)
+            self._join_output("gunicorn")
         counts = None
         if self.hub is not None and hub_url is not None and self.hub.poll() is None:
             try:
@@ -262,43 +370,76 @@ class _Demo:
                 logger.error("could not read the hub's counts: %s", exc)
         if self.hub is not None:
             _stop(self.hub, "the hub", 10)
+            self._join_output("hub")
+        shutil.rmtree(self.state_dir, ignore_errors=True)
         return counts
+
+    def _join_output(self, what: str) -> None:
+        # The log is complete once the pipe closes: every worker's report is in by then. A
+        # worker of a killed master may hold it open; it is not waited for long.
+        forwarder = self.forwarders.get(what)
+        if forwarder is not None:
+            forwarder.join(5)
 
     def summary(self, counts: dict[str, Any] | None, died: bool) -> int:
         if not self.up and not died:
-            print("demo stopped before it was up", flush=True)
+            self.print("demo stopped before it was up")
             return 0
-        ok = not died and counts is not None
-        print("\nasyncbridge drain reports (one per gunicorn worker):")
-        for report in list(self.reports.values()) or ["(none found in gunicorn's log)"]:
-            print(f"  {report}")
-        if counts is not None:
+        problems: list[str] = []
+        if died:
+            problems.append("a server exited unexpectedly (see its log above)")
+        if self.gunicorn_status not in (None, 0):
+            problems.append(f"gunicorn exited with status {self.gunicorn_status}")
+        lines = ["", "asyncbridge drain reports (one per gunicorn worker):"]
+        for pid in dict.fromkeys([*self.workers, *self.reports]):
+            report = self.reports.get(pid)
+            if report is None:
+                lines.append(f"  NOT OK: worker {pid} logged no drain report")
+                problems.append(f"worker {pid} logged no drain report")
+            else:
+                lines.append(f"  {report}")
+                if "abandoned=" in report or "cancelled at the deadline" in report:
+                    problems.append(f"worker {pid} did not drain cleanly")
+        if not self.workers and not self.reports:
+            lines.append("  (no gunicorn worker was booted)")
+        if counts is None:
+            problems.append("the hub's counts could not be read")
+        else:
             paths = ", ".join(f"{p}={n}" for p, n in sorted(counts["paths"].items()))
-            print(
+            lines.append(
                 f"hub: {counts['total']} hits received ({paths or 'none'}); "
                 f"{counts['rejected']} rejected, {counts['duplicates']} duplicates"
             )
         r = self.traffic
         if r is not None:
-            print(f"traffic: {r.sent} sent, {r.accepted} accepted by the app, {r.failed} failed")
-            lost = r.accepted - (counts["total"] if counts else 0)
-            if r.failed or lost > 0:
-                print(f"NOT OK: {max(lost, 0)} accepted hits did not reach the hub")
-                ok = False
-        unclean = ("abandoned=", "cancelled at the deadline")
-        if any(word in line for line in self.reports.values() for word in unclean):
-            ok = False
-        print("demo stopped cleanly" if ok else "demo stopped with errors", flush=True)
-        return 0 if ok else 1
+            lines.append(
+                f"traffic: {r.sent} sent, {r.accepted} accepted by the app, {r.failed} failed"
+            )
+            if r.failed:
+                lines.append(f"NOT OK: {r.failed} requests failed: {r.describe_errors()}")
+                problems.append(f"{r.failed} requests failed")
+            if counts is not None and r.accepted > counts["total"]:
+                lost = r.accepted - counts["total"]
+                lines.append(f"NOT OK: {lost} accepted hits did not reach the hub")
+                problems.append(f"{lost} accepted hits did not reach the hub")
+        lines.append("demo stopped cleanly" if not problems else "demo stopped with errors")
+        self.print("\n".join(lines))
+        return 1 if problems else 0
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: see ``python -m demo.run --help``."""
     args = _parse(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s [demo] %(message)s")
-    demo = _Demo(args)
-    signal.signal(signal.SIGINT, demo.on_signal)
-    signal.signal(signal.SIGTERM, demo.on_signal)
+    for stream in (sys.stdout, sys.stderr):  # a pipe is block-buffered by default
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    output = _Output(args.log)
+    handler = _OutputHandler(output)
+    handler.setFormatter(logging.Formatter("%(asctime)s [demo] %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    demo = _Demo(args, output)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # HUP: the terminal closed
+        signal.signal(signum, demo.on_signal)
     hub_url: str | None = None
     died = False
     try:
@@ -318,7 +459,9 @@ def main(argv: list[str] | None = None) -> None:
         died = not demo.stopping.is_set()
         (logger.error if died else logger.info)("%s", exc)
     counts = demo.stop(hub_url)
-    raise SystemExit(demo.summary(counts, died))
+    status = demo.summary(counts, died)
+    output.close()
+    raise SystemExit(status)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ a second (``--rate 0``: as fast as the connections allow).
 from __future__ import annotations
 
 import argparse
+import collections
 import http.client
+import json
 import random
 import threading
 import time
@@ -30,6 +32,19 @@ class Result:
     failed: int = 0  # connection errors or other answers
     by_path: dict[str, int] = field(default_factory=dict)
     elapsed: float = 0.0
+    # Why requests failed: a short reason each, counted; and when, in seconds into the run.
+    errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    first_error_at: float | None = None
+    last_error_at: float | None = None
+
+    def describe_errors(self) -> str:
+        """The failures in one line, e.g. ``2 connection refused, first 3.1 s into the run``."""
+        if not self.errors:
+            return "no failures"
+        reasons = ", ".join(f"{n} {why}" for why, n in self.errors.most_common())
+        first, last = self.first_error_at or 0.0, self.last_error_at or 0.0
+        when = f"{first:.1f} s" if last - first < 0.05 else f"{first:.1f}-{last:.1f} s"
+        return f"{reasons}; {when} into the traffic"
 
 
 def _pick_paths(n: int, seed: int | None) -> list[str]:
@@ -82,14 +97,19 @@ def send_hits(
                     if delay > 0 and stop.wait(delay):
                         return
                     next_at += interval
-                ok = _one(conn, path)
+                error = _one(conn, path)
                 with lock:
                     result.sent += 1
-                    if ok:
+                    if error is None:
                         result.accepted += 1
                         result.by_path[path] = result.by_path.get(path, 0) + 1
                     else:
                         result.failed += 1
+                        result.errors[f"{error} (POST {url.rstrip('/')}/track)"] += 1
+                        at = time.monotonic() - started
+                        if result.first_error_at is None:
+                            result.first_error_at = at
+                        result.last_error_at = at
         finally:
             conn.close()
 
@@ -111,17 +131,39 @@ def send_hits(
     return result
 
 
-def _one(conn: http.client.HTTPConnection, path: str) -> bool:
+def _one(conn: http.client.HTTPConnection, path: str) -> str | None:
+    """Track one hit; None when the app accepted it, else why not, in a few words."""
     # No retry: a request that reached the app may have been tracked even if its answer was
     # lost, and the demo's counts must stay exact.
     try:
         conn.request("POST", "/track?" + urllib.parse.urlencode({"path": path}))
         response = conn.getresponse()
         body = response.read()
-    except (OSError, http.client.HTTPException):
+    except (OSError, http.client.HTTPException) as exc:
         conn.close()
-        return False
-    return response.status == 202 and b'"queued":true' in body.replace(b" ", b"")
+        return _why(exc)
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if response.status == 202 and isinstance(answer, dict) and answer.get("queued") is True:
+        return None
+    if response.status == 202:
+        return "answered 202 but not queued (asyncbridge's backlog full, or it was stopping)"
+    detail = answer.get("error") if isinstance(answer, dict) else None
+    return f"HTTP {response.status}" + (f": {detail}" if detail else "")
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "connection closed without an answer"
+    if isinstance(exc, TimeoutError):
+        return "no answer within 10 s"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
         f"sent {result.sent} hits in {result.elapsed:.1f}s: {result.accepted} accepted, "
         f"{result.failed} failed; by path: {result.by_path}"
     )
+    if result.failed:
+        print(f"failures: {result.describe_errors()}")
     raise SystemExit(0 if result.failed == 0 else 1)
 
 

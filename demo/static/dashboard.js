@@ -1,11 +1,24 @@
-// The live dashboard: counts arrive over Server-Sent Events from the hub (/stream).
-// Each "hit" event carries the hub's own running counts, so a missed event never skews them;
-// a reconnect starts with a fresh "snapshot".
+// The live dashboard: everything arrives over Server-Sent Events from the hub (/stream).
+// The first event, "snapshot", carries the hub's counts, latest hits, rate, push mode and the
+// graph so far, so a (re)load shows the truth at once; the badge says "live" only after it.
+// Each "hit" carries the hub's own running counts, so a missed event never skews them; each
+// "tick" is one second of the graph (plotted by the hub 2 s after the second ends).
 "use strict";
 
-const state = { total: 0, paths: {}, recent: [], times: [] };
+const MAX_RECENT = 12;
+const MAX_POINTS = 300;
+const state = {
+  connected: false,
+  total: 0,
+  paths: {},
+  recent: [],
+  rate: 0,
+  mode: null,
+  series: [], // the hub's points: {t, requests, req_p50, req_p99, pushes, arr_p50, arr_p99, mode}
+};
 const $ = (id) => document.getElementById(id);
 let renderQueued = false;
+let chart = null;
 
 function scheduleRender() {
   if (!renderQueued) {
@@ -22,10 +35,9 @@ function setStatus(cls, text) {
 
 function render() {
   renderQueued = false;
+  if (!state.connected) return;
   $("total").textContent = String(state.total);
-  const now = Date.now();
-  state.times = state.times.filter((t) => now - t < 10000);
-  $("rate").textContent = (state.times.length / 10).toFixed(1);
+  $("rate").textContent = state.rate.toFixed(1);
 
   const rows = Object.entries(state.paths).sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
   const max = rows.length ? rows[0][1] : 1;
@@ -53,8 +65,7 @@ function render() {
   }
   $("paths").replaceChild(body, $("paths").tBodies[0]);
 
-  const list = $("recent");
-  list.replaceChildren(
+  $("recent").replaceChildren(
     ...state.recent.map((hit) => {
       const li = document.createElement("li");
       const when = new Date(hit.at * 1000).toLocaleTimeString();
@@ -65,29 +76,138 @@ function render() {
       return li;
     }),
   );
+
+  for (const button of document.querySelectorAll(".switch button")) {
+    button.setAttribute("aria-pressed", String(button.dataset.mode === state.mode));
+  }
+}
+
+// The graph ------------------------------------------------------------------------------
+
+const SERIES = [
+  { key: "req_p50", label: "request p50", stroke: "#38bdf8", width: 2 },
+  { key: "req_p99", label: "request p99", stroke: "#a78bfa", width: 1.5, dash: [6, 4] },
+  { key: "arr_p50", label: "arrival delay p50", stroke: "#4ade80", width: 2 },
+  { key: "arr_p99", label: "arrival delay p99", stroke: "#4ade80", width: 1.5, dash: [3, 4] },
+];
+
+function chartData() {
+  const s = state.series;
+  return [s.map((p) => p.t), ...SERIES.map((d) => s.map((p) => p[d.key]))];
+}
+
+function shadeInline(u) {
+  // Seconds pushed inline, as light bands behind the lines.
+  const ctx = u.ctx;
+  const { left, top, width, height } = u.bbox;
+  ctx.save();
+  ctx.beginPath();
+  ctx.rect(left, top, width, height);
+  ctx.clip();
+  ctx.fillStyle = "rgba(251, 191, 36, 0.13)";
+  for (const p of state.series) {
+    if (p.mode !== "inline") continue;
+    const x0 = u.valToPos(p.t - 0.5, "x", true);
+    const x1 = u.valToPos(p.t + 0.5, "x", true);
+    ctx.fillRect(x0, top, x1 - x0, height);
+  }
+  ctx.restore();
+}
+
+function chartSize() {
+  const width = Math.max(240, $("chart").clientWidth);
+  return { width, height: width < 600 ? 220 : 280 };
+}
+
+function makeChart() {
+  if (typeof uPlot === "undefined") return null; // the page still works without the graph
+  const axis = { stroke: "#94a3b8", grid: { stroke: "#334155", width: 1 }, ticks: { stroke: "#334155" } };
+  const ms = (u, v) => (v == null ? "–" : v.toFixed(v < 10 ? 2 : 1) + " ms");
+  const opts = {
+    ...chartSize(),
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(5, (max || 0) * 1.1)] } },
+    series: [{}, ...SERIES.map((d) => ({ label: d.label, stroke: d.stroke, width: d.width, dash: d.dash, value: ms, spanGaps: false }))],
+    axes: [axis, { ...axis, size: 56, values: (u, vals) => vals.map((v) => v + " ms") }],
+    hooks: { drawClear: [shadeInline] },
+    cursor: { drag: { x: false, y: false } },
+  };
+  const u = new uPlot(opts, chartData(), $("chart"));
+  new ResizeObserver(() => u.setSize(chartSize())).observe($("chart"));
+  return u;
+}
+
+function plot() {
+  if (chart) chart.setData(chartData());
+}
+
+// The switch ------------------------------------------------------------------------------
+
+async function setMode(mode) {
+  const response = await fetch("/api/mode", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ mode }),
+  });
+  if (response.ok) {
+    state.mode = (await response.json()).mode;
+    render();
+  }
+}
+
+for (const button of document.querySelectorAll(".switch button")) {
+  button.addEventListener("click", () => setMode(button.dataset.mode));
+}
+
+// The event stream ---------------------------------------------------------------------------
+
+function addPoint(point) {
+  const last = state.series[state.series.length - 1];
+  if (last && point.t <= last.t) return; // already in the snapshot
+  state.series.push(point);
+  if (state.series.length > MAX_POINTS) state.series.shift();
 }
 
 function connect() {
   const source = new EventSource("/stream");
-  source.addEventListener("open", () => setStatus("live", "live"));
-  source.addEventListener("error", () => setStatus("connecting", "reconnecting…"));
+  // "open" is not enough for "live": until the snapshot arrives the page knows nothing.
+  source.addEventListener("error", () => {
+    state.connected = false;
+    setStatus("connecting", "reconnecting…");
+  });
   source.addEventListener("snapshot", (e) => {
     const snap = JSON.parse(e.data);
     state.total = snap.total;
     state.paths = snap.paths;
+    state.recent = snap.recent.slice(0, MAX_RECENT);
+    state.rate = snap.rate;
+    state.mode = snap.mode;
+    state.series = snap.series.slice(-MAX_POINTS);
+    state.connected = true;
     setStatus("live", "live");
-    scheduleRender();
+    render();
+    plot();
   });
   source.addEventListener("hit", (e) => {
     const hit = JSON.parse(e.data);
     state.total = Math.max(state.total, hit.total);
     state.paths[hit.path] = Math.max(state.paths[hit.path] || 0, hit.count);
     state.recent.unshift(hit);
-    state.recent.length = Math.min(state.recent.length, 12);
-    state.times.push(Date.now());
+    state.recent.length = Math.min(state.recent.length, MAX_RECENT);
+    scheduleRender();
+  });
+  source.addEventListener("tick", (e) => {
+    const tick = JSON.parse(e.data);
+    state.rate = tick.rate;
+    addPoint(tick.point);
+    plot();
+    scheduleRender();
+  });
+  source.addEventListener("mode", (e) => {
+    state.mode = JSON.parse(e.data).mode;
     scheduleRender();
   });
 }
 
-setInterval(scheduleRender, 1000); // keeps the rate fresh when traffic stops
+chart = makeChart();
+window.dashboard = { state, chart: () => chart };
 connect();
