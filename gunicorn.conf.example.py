@@ -1,7 +1,8 @@
 # A complete gunicorn config for an app that uses asyncbridge. Copy it next to your app as
-# gunicorn.conf.py (gunicorn reads that name by default) and adjust the values marked "yours".
+# gunicorn.conf.py and adjust the values marked "yours". gunicorn reads ./gunicorn.conf.py from
+# the directory it is started in, so no -c is needed:
 #
-#   gunicorn -c gunicorn.conf.py myapp:app
+#   gunicorn myapp:app
 #
 # gunicorn executes this file in the master, before it loads the app and again on every HUP.
 # Nothing here starts a loop: each worker starts its own in post_fork (post_worker_init for
@@ -9,16 +10,11 @@
 import os
 
 import asyncbridge
+import asyncbridge.gunicorn
 
-# gunicorn takes every module-level name that is a setting: importing the hooks installs them.
-from asyncbridge.gunicorn import (  # noqa: F401
-    chain,
-    post_fork,
-    post_worker_init,
-    worker_abort,
-    worker_exit,
-    worker_int,
-)
+# The one line asyncbridge needs (the rest of this file is sizing and an example hook): gunicorn
+# takes every module-level name that is a setting, so importing the hooks installs them.
+from asyncbridge.gunicorn import post_fork, post_worker_init, worker_abort, worker_exit, worker_int  # noqa: F401
 
 # -- serving (yours) ---------------------------------------------------------------------------
 bind = os.environ.get("BIND", "127.0.0.1:8000")
@@ -54,9 +50,10 @@ asyncbridge.configure(drain_timeout=10.0)  # or ASYNCBRIDGE_DRAIN_TIMEOUT=10 in 
 
 # -- the hooks -----------------------------------------------------------------------------------
 #
-# post_fork, post_worker_init, worker_int, worker_abort and worker_exit above are asyncbridge's,
+# post_fork, post_worker_init, worker_abort, worker_exit and worker_int above are asyncbridge's,
 # imported under the names gunicorn looks for. gunicorn has one slot per hook: to run a hook of
-# your own too, chain it. Every chained hook runs even when one raises.
+# your own too, chain it with asyncbridge.gunicorn.chain. Every chained hook runs even when one
+# raises.
 
 
 def log_worker_stats(server, worker):  # yours: an example of a hook of your own
@@ -65,7 +62,7 @@ def log_worker_stats(server, worker):  # yours: an example of a hook of your own
         worker.log.info("worker %s handed %d coroutines to asyncbridge", worker.pid, stats.accepted)
 
 
-worker_exit = chain(worker_exit, log_worker_stats)
+worker_exit = asyncbridge.gunicorn.chain(worker_exit, log_worker_stats)
 
 # asyncbridge logs task failures and the shutdown report on the "asyncbridge" logger; the hooks
 # also write the report to gunicorn's error log (INFO, or WARNING when something was cancelled).

@@ -69,7 +69,7 @@ API_MODULES = (
     ("asyncbridge", "The core: hand-off, lifecycle, configuration, accounting."),
     ("asyncbridge.gunicorn", "gunicorn hooks for a config file."),
     ("asyncbridge.uwsgi", "uWSGI integration, called from the app module."),
-    ("asyncbridge.aiohttp", "One pooled aiohttp session per process (`asyncbridge[aiohttp]`)."),
+    ("asyncbridge.aiohttp", "One pooled aiohttp session per process (extra `aiohttp`)."),
     ("asyncbridge.pytest_plugin", "Fixtures for testing an app that uses asyncbridge."),
 )
 

@@ -1,9 +1,17 @@
-"""The documentation cannot rot: every example it includes runs here; every option is documented.
+"""The documentation cannot rot: what it shows is the code that runs, and it reads as Markdown.
 
-The docs include code only from files (``docs/examples/*.py``, ``examples/fire_and_forget.py``,
-``gunicorn.conf.example.py``) through ``literalinclude``. Each of those files is executed below,
-the server ones under the real server. The Sphinx build itself (warnings as errors) is a step of
-``scripts/test``.
+Pages show code as ordinary fenced blocks, so that they read well on a code forge (no
+``{literalinclude}``). A block copied from a file is preceded by a marker line, directly followed
+by the opening fence, with the path relative to the repository's root::
+
+    <!-- include: docs/examples/wsgi_app.py -->              the whole file
+    <!-- include: examples/fire_and_forget.py#main -->       one top-level def or class, by name
+
+``test_every_include_block_is_its_source`` fails, with a diff, when a block and its source
+differ; ``./scripts/sync-docs`` rewrites every block from its source (``--check`` only reports).
+The parser is ``tests/doc_includes.py``. The source files are executed below, the server ones
+under the real server, and the docs are built with ``./scripts/docs --build-only`` (warnings as
+errors).
 """
 
 from __future__ import annotations
@@ -18,10 +26,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import asyncbridge
+import asyncbridge.gunicorn
+from tests import doc_includes
 from tests.e2e.procs import ROOT, free_port, http_get, running, wait_http
 from tests.e2e.sink import Sink
 
@@ -86,9 +97,281 @@ def test_every_docs_example_is_run_by_a_test() -> None:
 
 
 def test_every_docs_example_is_included_by_a_page() -> None:
-    pages = "\n".join(p.read_text() for p in DOCS.glob("*.md"))
+    included = {block.path for block in _all_blocks()}
     for example in sorted(EXAMPLES.glob("*.py")):
-        assert f"examples/{example.name}" in pages, f"{example.name} is not used by any page"
+        assert example.relative_to(ROOT).as_posix() in included, f"{example.name}: on no page"
+
+
+# -- code blocks are copies of their files ---------------------------------------------------
+
+
+def _pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted(DOCS.glob("**/*.md"))]
+
+
+def _all_blocks() -> list[doc_includes.Block]:
+    return [block for page in doc_includes.pages() for block in doc_includes.find_blocks(page)]
+
+
+def test_no_page_uses_a_sphinx_include_directive() -> None:
+    # A {literalinclude} shows as a bare directive on a code forge, with the code missing.
+    offenders = [
+        str(page.relative_to(ROOT))
+        for page in _pages()
+        if "_build" not in page.parts and "{literalinclude}" in page.read_text()
+    ]
+    assert offenders == [], "use an <!-- include: path --> block instead (see this module)"
+
+
+def test_the_pages_include_code_from_files() -> None:
+    blocks = _all_blocks()
+    assert len(blocks) >= 20, [b.where for b in blocks]  # the quickstart alone has 8
+    assert {b.page.name for b in blocks} >= {"README.md", "quickstart.md", "gunicorn.md"}
+
+
+@pytest.mark.parametrize("block", _all_blocks(), ids=lambda block: f"{block.where}={block.source}")
+def test_every_include_block_is_its_source(block: doc_includes.Block) -> None:
+    difference = doc_includes.diff(block)
+    assert not difference, (
+        f"run ./scripts/sync-docs; the page differs from its source:\n{difference}"
+    )
+
+
+def _page_and_source(tmp_path: Path, source: str, marker: str) -> Path:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "example.py").write_text(source)
+    page = tmp_path / "docs" / "page.md"
+    page.write_text(f"Some prose.\n\n<!-- include: {marker} -->\n```python\n```\n\nMore prose.\n")
+    return page
+
+
+def test_sync_writes_the_source_into_the_block_and_an_edit_makes_the_check_fail(
+    tmp_path: Path,
+) -> None:
+    page = _page_and_source(tmp_path, "import os\n\nprint(os.sep)\n", "example.py")
+    (block,) = doc_includes.find_blocks(page, tmp_path)
+    assert "+print(os.sep)" in doc_includes.diff(block)
+    assert doc_includes.sync(page, tmp_path) is True
+    synced = "<!-- include: example.py -->\n```python\nimport os\n\nprint(os.sep)\n```\n"
+    assert page.read_text() == f"Some prose.\n\n{synced}\nMore prose.\n"
+    (block,) = doc_includes.find_blocks(page, tmp_path)
+    assert doc_includes.diff(block) == ""
+    assert doc_includes.sync(page, tmp_path) is False
+
+    (tmp_path / "example.py").write_text("import os\n\nprint(os.linesep)\n")  # the example changes
+    (block,) = doc_includes.find_blocks(page, tmp_path)
+    difference = doc_includes.diff(block)
+    assert "-print(os.sep)\n+print(os.linesep)" in difference, difference
+
+
+def test_an_include_of_one_definition_takes_its_decorators_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    source = "import functools\n\n\n@functools.cache\ndef two() -> int:\n    return 2\n\n\nX = 1\n"
+    page = _page_and_source(tmp_path, source, "example.py#two")
+    doc_includes.sync(page, tmp_path)
+    (block,) = doc_includes.find_blocks(page, tmp_path)
+    assert block.text == "@functools.cache\ndef two() -> int:\n    return 2\n"
+
+
+@pytest.mark.parametrize(
+    ("marker", "after", "error"),
+    [
+        ("example.py#missing", "```python\n```\n", "no top-level def or class named 'missing'"),
+        ("nowhere.py", "```python\n```\n", "nowhere.py: no such file"),
+        ("example.py", "\n```python\n```\n", "must be followed by a ``` line"),
+        ("example.py", "```python\nx = 1\n", "never closed"),
+    ],
+)
+def test_a_broken_marker_is_an_error_that_says_what_is_wrong(
+    tmp_path: Path, marker: str, after: str, error: str
+) -> None:
+    (tmp_path / "example.py").write_text("def f() -> None:\n    pass\n")
+    page = tmp_path / "page.md"
+    page.write_text(f"<!-- include: {marker} -->\n{after}")
+    with pytest.raises(doc_includes.IncludeError, match=re.escape(error)):
+        for block in doc_includes.find_blocks(page, tmp_path):
+            doc_includes.diff(block)
+
+
+def test_sync_docs_script_finds_every_block_in_sync() -> None:
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "sync-docs"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+# -- the docs command: ./scripts/docs builds with warnings as errors, then serves on loopback -----
+
+DOCS_SCRIPT = ROOT / "scripts" / "docs"
+
+
+def _sphinx_arguments(script: Path) -> list[str]:
+    (line,) = [line for line in script.read_text().splitlines() if " -m sphinx " in line]
+    return line.split(" -m sphinx ", 1)[1].split()
+
+
+def test_the_docs_command_builds_as_the_test_command_does() -> None:
+    # scripts/test builds into docs/_build/html; scripts/docs into "$out", by default the same.
+    assert _sphinx_arguments(ROOT / "scripts" / "test") == [
+        "-W", "--keep-going", "-q", "-b", "html", "docs", "docs/_build/html"
+    ]  # fmt: skip
+    assert _sphinx_arguments(DOCS_SCRIPT) == [
+        "-W",
+        "--keep-going",
+        "-q",
+        "-b",
+        "html",
+        "docs",
+        '"$out"',
+    ]
+    assert 'out="${out:-docs/_build/html}"' in DOCS_SCRIPT.read_text()
+
+
+@pytest.fixture(scope="module")
+def built_docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    missing = [m for m in ("sphinx", "myst_parser", "furo") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"the docs dependency group is not installed here (missing {missing})")
+    out = tmp_path_factory.mktemp("docs") / "html"
+    done = subprocess.run(
+        [str(DOCS_SCRIPT), "--build-only", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DOCS_PYTHON": sys.executable},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out
+
+
+def test_the_docs_command_builds_every_page_with_the_included_code(built_docs: Path) -> None:
+    sources = {
+        p.relative_to(DOCS).with_suffix(".html").as_posix()
+        for p in DOCS.glob("**/*.md")
+        if not {"_build", "examples"} & set(p.relative_to(DOCS).parts)
+    }
+    built = {p.relative_to(built_docs).as_posix() for p in built_docs.glob("**/*.html")}
+    assert sources <= built, sources - built
+    quickstart = (built_docs / "quickstart.html").read_text()
+    assert "application" in quickstart and "post_worker_init" in quickstart
+    # No MyST role or directive leaks into a page as text.
+    for page in sorted(built_docs.glob("**/*.html")):
+        text = page.read_text()
+        assert "{literalinclude}" not in text and "{func}" not in text, page.name
+
+
+@pytest.mark.e2e
+def test_the_docs_command_serves_the_site_on_loopback_until_ctrl_c(
+    built_docs: Path, tmp_path: Path
+) -> None:
+    argv = [str(DOCS_SCRIPT), "--out", str(built_docs)]  # rebuilds (incrementally), then serves
+    env = {"DOCS_PYTHON": sys.executable}
+    with running(argv, log=tmp_path / "docs.log", env=env) as server:
+        deadline = time.monotonic() + 120
+        while not (
+            found := re.search(r"serving the docs at (http://127\.0\.0\.1:\d+/)", server.output())
+        ):
+            assert server.proc.poll() is None, server.output()
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.1)
+        url = found[1]
+        wait_http(url, 30, server.proc)
+        status, body = http_get(url + "quickstart.html", timeout=10)
+        assert status == 200 and b"Quickstart" in body
+        server.signal(signal.SIGINT)  # Ctrl-C
+        assert server.wait(30) == 0, server.output()
+        assert "stopped" in server.output()
+
+
+# -- the gunicorn config: one line, the same everywhere --------------------------------------
+
+MINIMAL_GUNICORN_CONF = "docs/examples/gunicorn_conf.py"
+HOOKS = ("post_fork", "post_worker_init", "worker_abort", "worker_exit", "worker_int")
+
+
+def _code_lines(path: Path) -> list[str]:
+    return [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def test_the_minimal_gunicorn_config_is_one_import_line() -> None:
+    (line,) = _code_lines(ROOT / MINIMAL_GUNICORN_CONF)
+    assert line == (
+        "from asyncbridge.gunicorn import "
+        "post_fork, post_worker_init, worker_abort, worker_exit, worker_int  # noqa: F401"
+    )
+    # The complete example config carries the very same line.
+    assert line in _code_lines(ROOT / "gunicorn.conf.example.py")
+
+
+def test_readme_quickstart_and_guide_show_the_same_gunicorn_config() -> None:
+    shown = {
+        page: [
+            b.text
+            for b in doc_includes.find_blocks(ROOT / page)
+            if b.source == MINIMAL_GUNICORN_CONF
+        ]
+        for page in ("README.md", "docs/quickstart.md", "docs/guides/gunicorn.md")
+    }
+    texts = {text for page_texts in shown.values() for text in page_texts}
+    assert all(len(page_texts) == 1 for page_texts in shown.values()), shown
+    assert texts == {(ROOT / MINIMAL_GUNICORN_CONF).read_text()}
+
+
+def test_no_page_promises_two_lines_of_gunicorn_config() -> None:
+    for page in [*_pages(), ROOT / "gunicorn.conf.example.py", ROOT / MINIMAL_GUNICORN_CONF]:
+        text = " ".join(page.read_text().lower().split())
+        assert "two lines" not in text, f"{page.relative_to(ROOT)}: the config is one line"
+
+
+def _gunicorn_settings(config: Path) -> Any:
+    """The settings gunicorn's own loader makes of ``config``: it executes the file and
+    validates every value, each hook's number of positional parameters included."""
+    from gunicorn.app.base import Application  # type: ignore[import-untyped]
+
+    class Probe(Application):  # type: ignore[misc]
+        def init(self, parser: object, opts: object, args: object) -> None:
+            return None
+
+        def load(self) -> None:
+            raise AssertionError("the probe loads no app")
+
+        def load_config(self) -> None:  # no command line to parse
+            return None
+
+    probe = Probe()
+    probe.load_config_from_file(str(config))
+    return probe.cfg
+
+
+def test_gunicorn_accepts_the_minimal_config_and_installs_every_hook() -> None:
+    settings = _gunicorn_settings(ROOT / MINIMAL_GUNICORN_CONF)
+    for hook in HOOKS:
+        assert getattr(settings, hook) is getattr(asyncbridge.gunicorn, hook), hook
+
+
+def test_gunicorn_accepts_the_complete_config_with_a_chained_hook() -> None:
+    settings = _gunicorn_settings(ROOT / "gunicorn.conf.example.py")
+    for hook in HOOKS:
+        if hook != "worker_exit":
+            assert getattr(settings, hook) is getattr(asyncbridge.gunicorn, hook), hook
+    assert settings.worker_exit.__name__ == "chain(worker_exit, log_worker_stats)"
+
+
+def test_gunicorn_refuses_a_hook_of_the_wrong_arity(tmp_path: Path) -> None:
+    # The two tests above would pass vacuously if gunicorn did not check arity: it does.
+    bad = tmp_path / "gunicorn.conf.py"
+    bad.write_text("def post_fork(worker):\n    pass\n")
+    with pytest.raises(TypeError, match="arity of: 2"):
+        _gunicorn_settings(bad)
 
 
 @pytest.fixture
@@ -147,10 +430,12 @@ def _hit(base: str, n: int, path: str = "/doc-") -> None:
 def test_quickstart_gunicorn_config_starts_and_drains_each_worker(tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    argv = [str(BIN / "gunicorn"), "-c", str(EXAMPLES / "gunicorn_conf.py")]
-    argv += ["--chdir", str(EXAMPLES), "-b", f"127.0.0.1:{port}", "wsgi_app"]
+    # As the quickstart says: the one-line file saved as gunicorn.conf.py, and no -c.
+    (tmp_path / "gunicorn.conf.py").write_text((EXAMPLES / "gunicorn_conf.py").read_text())
+    argv = [str(BIN / "gunicorn"), "--workers", "2", "--chdir", str(EXAMPLES)]
+    argv += ["-b", f"127.0.0.1:{port}", "wsgi_app"]
     argv += ["--access-logfile", "-", "--access-logformat", "served-by %(p)s %(U)s"]
-    with running(argv, log=tmp_path / "gunicorn.log") as server:
+    with running(argv, log=tmp_path / "gunicorn.log", cwd=tmp_path) as server:
         wait_http(f"{base}/", 30, server.proc)
         # SIGTERM to a worker still booting (before gunicorn sets its signal handlers) is lost,
         # and the master then waits graceful_timeout: stop only once both workers have served.
@@ -164,7 +449,7 @@ def test_quickstart_gunicorn_config_starts_and_drains_each_worker(tmp_path: Path
         log = server.output()
     served = len(SERVED_BY.findall(log))
     reports = [(int(a), int(c)) for a, c in REPORT.findall(log)]
-    assert len(reports) == 2, log  # workers = 2 in the config: each one drained and reported
+    assert len(reports) == 2, log  # --workers 2: each one drained and reported
     assert sum(a for a, _ in reports) == sum(c for _, c in reports) == served, log
     assert log.count("notified about /") == served, log
     assert log.count("notified about /doc-") == 20, log

@@ -1,6 +1,3 @@
-# The smallest gunicorn config that uses asyncbridge: these two lines start each worker's loop
-# after fork and drain it when the worker exits. Run: gunicorn -c gunicorn_conf.py wsgi_app
-from asyncbridge.gunicorn import post_fork, worker_exit  # noqa: F401
-
-bind = "127.0.0.1:8000"
-workers = 2
+# gunicorn.conf.py: the one line asyncbridge needs. gunicorn reads ./gunicorn.conf.py from the
+# directory it starts in (no -c needed) and installs each of these names as the hook it names.
+from asyncbridge.gunicorn import post_fork, post_worker_init, worker_abort, worker_exit, worker_int  # noqa: F401

@@ -1,4 +1,4 @@
-"""Post notifications with the shared, pooled aiohttp session (extra ``asyncbridge[aiohttp]``).
+"""Post notifications through the shared, pooled aiohttp session (``asyncbridge-loop[aiohttp]``).
 
 Run it against any HTTP endpoint: ``PUSH_URL=http://127.0.0.1:8080/notify python http_notify.py``.
 """
