@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from .apps.worker_common import Ledger, read_ledger
+from .apps.worker_common import Ledger, environment, read_ledger
 from .procs import PYTHON, ROOT, Server, running
 from .redis import RedisServer, redis_server
 from .sink import Sink, wait_until
@@ -49,16 +49,6 @@ def sink() -> Iterator[Sink]:
         yield s
 
 
-def _env(redis: RedisServer, sink: Sink, ledger: Path, *, adapter: bool) -> dict[str, str]:
-    return {
-        "ABTEST_REDIS_URL": redis.url,
-        "ABTEST_SINK_URL": sink.url,
-        "ABTEST_LEDGER": str(ledger),
-        "ABTEST_ADAPTER": "1" if adapter else "0",
-        "PYTHONPATH": str(ROOT),
-    }
-
-
 def _enqueue(n: int, env: dict[str, str]) -> None:
     code = (
         "from tests.e2e.apps.worker_celery import notify\n"
@@ -82,7 +72,7 @@ def _run_worker(
 ) -> tuple[Ledger, str]:
     """Enqueue ``n`` tasks, run the worker until every task ran, warm-stop it; the ledger, log."""
     ledger_path = tmp_path / "ledger"
-    env = _env(redis, sink, ledger_path, adapter=adapter)
+    env = environment(redis_url=redis.url, sink_url=sink.url, ledger=ledger_path, adapter=adapter)
     _enqueue(n, env)
     argv = [
         PYTHON,

@@ -23,12 +23,22 @@ from pathlib import Path
 import asyncbridge
 from asyncbridge.aiohttp import post_json
 
-__all__ = ["ADAPTER", "REDIS_URL", "Ledger", "hand_off", "read_ledger", "record"]
+__all__ = ["ADAPTER", "REDIS_URL", "Ledger", "environment", "hand_off", "read_ledger", "record"]
 
 SINK_URL = os.environ.get("ABTEST_SINK_URL", "")
 LEDGER = os.environ.get("ABTEST_LEDGER", "")
 REDIS_URL = os.environ.get("ABTEST_REDIS_URL", "")
 ADAPTER = os.environ.get("ABTEST_ADAPTER", "1") == "1"
+
+
+def environment(*, redis_url: str, sink_url: str, ledger: Path, adapter: bool) -> dict[str, str]:
+    """The variables above, for a test to pass to the worker processes it starts."""
+    return {
+        "ABTEST_REDIS_URL": redis_url,
+        "ABTEST_SINK_URL": sink_url,
+        "ABTEST_LEDGER": str(ledger),
+        "ABTEST_ADAPTER": "1" if adapter else "0",
+    }
 
 
 def record(task_id: str, accepted: bool) -> None:
