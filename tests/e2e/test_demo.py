@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import hmac
 import http.client
@@ -10,6 +11,7 @@ import json
 import os
 import re
 import signal
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -101,10 +103,44 @@ def _listening_addresses(port: int) -> set[str]:
     return found
 
 
-def _start_demo(tmp_path: Path, secret: str, *extra: str) -> tuple[Server, int, int]:
+# Every server process the demo starts, from its log, to be sure none outlives a failed test:
+# they run in sessions of their own, out of reach of a kill of demo.run's process group.
+_SERVER_PIDS = (
+    re.compile(r"hub \(pid (\d+)\) listening"),
+    re.compile(r"Listening at: \S+ \((\d+)\)"),
+    re.compile(r"Booting worker with pid: (\d+)"),
+)
+
+
+def server_pids(output: str) -> set[int]:
+    """The pids of the hub, the gunicorn master and its workers, as their logs name them."""
+    return {int(m.group(1)) for pattern in _SERVER_PIDS for m in pattern.finditer(output)}
+
+
+def kill_leftovers(output: str) -> None:
+    """SIGKILL every server of the demo named in ``output`` that still runs."""
+    for pid in server_pids(output):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue  # gone
+        if b"demo" in cmdline or b"gunicorn" in cmdline:  # not a recycled pid
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+class _Demo(Server):
+    """demo.run as a test server; its own servers are killed too at teardown if still there."""
+
+    def stop(self) -> None:
+        super().stop()
+        kill_leftovers(self.log_path.read_text(errors="replace"))
+
+
+def _start_demo(tmp_path: Path, secret: str, *extra: str, **env: str) -> tuple[Server, int, int]:
     hub_port, app_port = free_port(), free_port()
     argv = [PYTHON, "-m", "demo.run", "--hub-port", str(hub_port), "--app-port", str(app_port)]
-    server = Server([*argv, *extra], log=tmp_path / "demo.log", env={"DEMO_SECRET": secret})
+    server = _Demo([*argv, *extra], log=tmp_path / "demo.log", env={"DEMO_SECRET": secret, **env})
     return server, hub_port, app_port
 
 
@@ -226,9 +262,9 @@ def test_demo_counts_every_hit_and_stops_cleanly_on_sigint(tmp_path: Path) -> No
     assert secret not in output
 
 
-def test_demo_stops_cleanly_when_ctrl_c_reaches_the_whole_process_group(tmp_path: Path) -> None:
-    # A terminal's Ctrl-C signals every process in the foreground group: the hub must outlive
-    # gunicorn's workers, whose drains still push to it.
+def test_sigint_to_demo_runs_process_group_reaches_only_demo_run(tmp_path: Path) -> None:
+    # As a terminal's Ctrl-C does (see test_demo_ctrl_c.py for the real thing). The servers run
+    # in sessions of their own: the workers get only the master's SIGTERM, and drain.
     secret = _secret()
     server, hub_port, app_port = _start_demo(tmp_path, secret, "--workers", "1")
     try:
@@ -239,6 +275,7 @@ def test_demo_stops_cleanly_when_ctrl_c_reaches_the_whole_process_group(tmp_path
     finally:
         server.stop()
     _assert_drained_and_stopped(output, secret, "/blog", 25)
+    assert "asyncbridge: SIGINT/SIGQUIT in worker" not in output
 
 
 def _track(server: Server, hub_port: int, app_port: int, path: str, n: int) -> None:
@@ -298,3 +335,157 @@ def test_demo_non_interactive_mode_sends_traffic_and_exits_zero(tmp_path: Path) 
     assert "curl -X POST 'http://127.0.0.1:" in output
     assert "demo stopped cleanly" in output
     assert secret not in output
+
+
+def _booted(output: str) -> list[int]:
+    return [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", output)]
+
+
+def test_summary_says_why_requests_failed(tmp_path: Path) -> None:
+    # A backlog of 3 and a hub that holds each push 4 s: of 10 hits sent at once, the first 3
+    # are accepted and 7 refused (answered 202 with queued=false).
+    secret = _secret()
+    server, _, app_port = _start_demo(
+        tmp_path,
+        secret,
+        *("--workers", "1", "--hub-delay", "4", "--traffic", "10", "--rate", "0"),
+        *("--exit-after", "0.2"),
+        ASYNCBRIDGE_MAX_PENDING="3",
+    )
+    try:
+        assert server.wait(60) == 1
+        output = server.output()
+    finally:
+        server.stop()
+    assert "traffic: 10 sent, 3 accepted by the app, 7 failed" in output
+    why = "answered 202 but not queued (asyncbridge's backlog full, or it was stopping)"
+    assert (
+        f"NOT OK: 7 requests failed: 7 {why} (POST http://127.0.0.1:{app_port}/track); " in output
+    )
+    assert "hub: 3 hits received" in output
+    assert "accepted hits did not reach the hub" not in output  # none: all 3 did
+    (report,) = _reports(output)
+    assert report[1:] == (3, 3, 0, 0, 0, 7, 0)
+    assert output.rstrip().endswith("demo stopped with errors")
+
+
+def test_summary_flags_a_worker_that_logged_no_report(tmp_path: Path) -> None:
+    secret = _secret()
+    server, hub_port, app_port = _start_demo(tmp_path, secret)
+    try:
+        _track(server, hub_port, app_port, "/pricing", 10)
+        assert wait_until(lambda: _counts(hub_port)["total"] == 10, timeout=15)
+        first, second = _booted(server.output())
+        os.kill(first, signal.SIGKILL)  # nothing runs: no drain, no report
+        assert wait_until(lambda: len(_booted(server.output())) == 3, timeout=30)
+        replacement = _booted(server.output())[2]
+        server.signal(signal.SIGINT)
+        assert server.wait(45) == 1
+        output = server.output()
+    finally:
+        server.stop()
+    assert f"NOT OK: worker {first} logged no drain report" in output
+    assert sorted(r[0] for r in _reports(output)) == sorted([second, replacement])
+    assert "hub: 10 hits received" in output
+    assert output.rstrip().endswith("demo stopped with errors")
+
+
+def test_servers_stop_by_themselves_when_demo_run_is_killed(tmp_path: Path) -> None:
+    # They are out of reach of demo.run's process group; each watches its parent instead.
+    secret = _secret()
+    server, hub_port, app_port = _start_demo(tmp_path, secret)
+    try:
+        _track(server, hub_port, app_port, "/docs", 5)
+        pids = server_pids(server.output())
+        assert len(pids) == 4  # the hub, gunicorn's master, two workers
+        os.kill(server.pid, signal.SIGKILL)
+        assert server.wait(10) == -signal.SIGKILL
+        assert wait_until(lambda: not any(_alive(pid) for pid in pids), timeout=30), [
+            pid for pid in pids if _alive(pid)
+        ]
+    finally:
+        server.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"  # a zombie has exited; its parent (init) reaps it
+
+
+def test_traffic_names_the_reason_and_the_address_of_failed_requests() -> None:
+    from demo.traffic import send_hits
+
+    port = free_port()  # nothing listens there
+    result = send_hits(f"http://127.0.0.1:{port}", 6, connections=2)
+    assert (result.sent, result.accepted, result.failed) == (6, 0, 6)
+    assert result.errors == {f"connection refused (POST http://127.0.0.1:{port}/track)": 6}
+    assert result.describe_errors().startswith(
+        f"6 connection refused (POST http://127.0.0.1:{port}/track); "
+    )
+
+
+def test_hub_plots_request_times_and_arrival_delays_per_second(tmp_path: Path) -> None:
+    secret = _secret()
+    port = free_port()
+    mode_file = tmp_path / "mode"
+    argv = [PYTHON, "-m", "demo.hub", "--port", str(port), "--mode-file", str(mode_file)]
+    with running(argv, log=tmp_path / "hub.log", env={"DEMO_SECRET": secret}) as hub:
+        wait_http(f"http://127.0.0.1:{port}/api/counts", 15, hub.proc)
+        assert mode_file.read_text() == "asyncbridge\n"
+        stream = _EventStream(port)
+        try:
+            assert stream.next_event()[0] == "snapshot"
+            second = int(time.time())
+            # 100 requests that took 1..100 ms, reported the way the app does, signed.
+            samples = [[second + 0.5, float(ms), "inline"] for ms in range(100, 0, -1)]
+            body = json.dumps({"pid": 1, "samples": samples}).encode()
+            json_type = {"Content-Type": "application/json"}
+            status, _ = _request(port, "POST", "/metrics", body, json_type)
+            assert status == 401
+            status, _ = _request(
+                port, "POST", "/metrics", body, {**json_type, HEADER: _signature(secret, body)}
+            )
+            assert status == 202
+            # 4 pushes handed off 0.25 s before they are sent.
+            for i in range(4):
+                event = {"id": f"p-{i}", "path": "/", "at": time.time() - 0.25}
+                data = json.dumps(event).encode()
+                headers = {**json_type, HEADER: _signature(secret, data)}
+                assert _request(port, "POST", "/events", data, headers)[0] == 202
+            points: list[dict[str, Any]] = []
+            while not points or points[-1]["t"] < second + 1:
+                name, tick = stream.next_event(skip=("hit",))
+                assert name == "tick"
+                if tick["point"]["t"] >= second:  # plotted after the 4 hits were sent
+                    assert tick["rate"] == 0.4  # 4 hits in the last 10 s
+                points.append(tick["point"])
+            (point,) = [p for p in points if p["t"] == second]
+            assert (point["requests"], point["req_p50"], point["req_p99"]) == (100, 50.0, 99.0)
+            assert point["mode"] == "inline"
+            plotted = [p for p in points if p["pushes"]]
+            assert sum(p["pushes"] for p in plotted) == 4
+            assert all(p["arr_p50"] >= 250 and p["arr_p99"] >= 250 for p in plotted), plotted
+            status, series = _request(port, "GET", "/api/series")
+            assert [p for p in json.loads(series) if p["t"] >= second] == [
+                p for p in points if p["t"] >= second
+            ]
+
+            # The switch: JSON only, a known mode only; it writes the file and tells browsers.
+            assert _request(port, "POST", "/api/mode", b"mode=inline")[0] == 415
+            bad = json.dumps({"mode": "threads"}).encode()
+            assert _request(port, "POST", "/api/mode", bad, json_type)[0] == 400
+            good = json.dumps({"mode": "inline"}).encode()
+            status, answer = _request(port, "POST", "/api/mode", good, json_type)
+            assert (status, json.loads(answer)) == (200, {"mode": "inline"})
+            assert mode_file.read_text() == "inline\n"
+            assert stream.next_event(skip=("tick", "hit")) == ("mode", {"mode": "inline"})
+            assert json.loads(_request(port, "GET", "/api/mode")[1]) == {"mode": "inline"}
+            assert _counts(port)["mode"] == "inline"
+        finally:
+            stream.close()
+        hub.signal(signal.SIGTERM)
+        assert hub.wait(15) == 0
+        assert secret not in hub.output()
