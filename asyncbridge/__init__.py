@@ -46,3 +46,15 @@ __all__ = [
     "stats",
     "submit",
 ]
+
+
+# Every public name is presented as asyncbridge.<name>, not as the private module that defines it:
+# in reprs and tracebacks ("asyncbridge.BacklogFull: ..."), pickles and the API reference. Names
+# added to __all__ later are covered too. Only classes and functions (which have __code__) are
+# renamed; any other value keeps its type's module.
+for _name in __all__:
+    _obj = globals()[_name]
+    _class_or_function = isinstance(_obj, type) or hasattr(_obj, "__code__")
+    if _class_or_function and _obj.__module__.startswith(__name__ + "._"):
+        _obj.__module__ = __name__
+del _name, _obj, _class_or_function

@@ -126,6 +126,24 @@ def _keep_property_summary(
         lines[0:1] = [head + ":", tail]
 
 
+def _defining_module(app: Any, modname: str, fullname: str) -> str | None:
+    # asyncbridge/__init__.py presents every public name as asyncbridge.<name> (its __module__),
+    # so viewcode would look for the source in __init__.py. Point it at the private module
+    # whose source defines the name instead.
+    if modname != "asyncbridge":
+        return None
+    from sphinx.pycode import ModuleAnalyzer
+
+    top = fullname.split(".")[0]
+    obj = getattr(sys.modules["asyncbridge"], top, None)
+    for name, module in sorted(sys.modules.items()):
+        if name.startswith("asyncbridge._") and getattr(module, top, None) is obj:
+            if top in ModuleAnalyzer.for_module(name).find_tags():
+                return name
+    return None
+
+
 def setup(app: Any) -> None:
+    app.connect("viewcode-follow-imported", _defining_module)
     app.connect("source-read", _fill_placeholders)
     app.connect("autodoc-process-docstring", _keep_property_summary, priority=400)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import pickle
 import subprocess
 import sys
+import traceback
 import types
 
 import pytest
@@ -86,3 +88,57 @@ def test_importing_asyncbridge_loads_no_adapter() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+# -- every public name is presented as asyncbridge.<name> ---------------------------------------
+
+
+def _public_classes_and_functions() -> list[str]:
+    return [
+        name
+        for name in asyncbridge.__all__
+        if inspect.isclass(getattr(asyncbridge, name))
+        or inspect.isfunction(getattr(asyncbridge, name))
+    ]
+
+
+def test_the_public_names_include_classes_and_functions_from_private_modules() -> None:
+    names = _public_classes_and_functions()
+    # The check below must not pass vacuously: each of these is defined in a private module.
+    assert {"AsyncBridgeError", "BacklogFull", "Bridge", "run_soon", "shutdown"} <= set(names)
+    defined_in = {inspect.getsourcefile(getattr(asyncbridge, name)) for name in names}
+    assert all("/asyncbridge/_" in str(path) for path in defined_in), defined_in
+
+
+@pytest.mark.parametrize("name", _public_classes_and_functions())
+def test_every_public_class_and_function_names_asyncbridge_as_its_module(name: str) -> None:
+    obj = getattr(asyncbridge, name)
+    assert obj.__module__ == "asyncbridge"
+    assert obj.__qualname__ == name  # so that asyncbridge.<qualname> finds it again
+    assert pickle.loads(pickle.dumps(obj)) is obj  # by reference, through the public path
+
+
+@pytest.mark.parametrize("name", ["AsyncBridgeError", "BacklogFull", "BridgeClosed"])
+def test_exceptions_print_and_pickle_under_their_public_name(name: str) -> None:
+    cls = getattr(asyncbridge, name)
+    assert repr(cls) == f"<class 'asyncbridge.{name}'>"
+    try:
+        raise cls("what to do next")
+    except asyncbridge.AsyncBridgeError as exc:
+        last_line = traceback.format_exception(exc)[-1]
+        copy = pickle.loads(pickle.dumps(exc))
+    assert last_line == f"asyncbridge.{name}: what to do next\n"
+    assert type(copy) is cls and copy.args == ("what to do next",)
+
+
+def test_an_uncaught_exception_names_the_public_class_in_a_real_traceback() -> None:
+    code = "import asyncbridge; raise asyncbridge.BacklogFull('the backlog is full')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == "asyncbridge.BacklogFull: the backlog is full"
+
+
+def test_the_stats_and_report_values_pickle_and_print_as_public_classes() -> None:
+    stats = asyncbridge.Bridge().stats()
+    assert pickle.loads(pickle.dumps(stats)) == stats
+    assert f"{type(stats).__module__}.{type(stats).__qualname__}" == "asyncbridge.Stats"
