@@ -89,21 +89,28 @@ def drop(rt: Runtime, coro: Coroutine[Any, Any, Any], reason: str, *, warn: bool
     """Refuse ``coro``: close it, count it by reason, warn (rate-limited), call ``on_drop``."""
     name = coroutine_name(coro)
     close_quietly(coro)
+    # No lock: a signal handler may drop work while the frame it interrupted is dropping too.
+    # `x += 1` on an attribute has no point between its read and its write where CPython runs
+    # a signal handler or switches threads (no call in between), unlike setattr(getattr()+1).
+    # Drops are outside the accounting sum, so snapshots need no lock for them either.
+    if reason == "full":
+        rt.dropped_full += 1
+        total = rt.dropped_full
+    else:
+        rt.dropped_closed += 1
+        total = rt.dropped_closed
     now = time.monotonic()
-    with rt.lock:
-        attr = "dropped_full" if reason == "full" else "dropped_closed"
-        setattr(rt, attr, getattr(rt, attr) + 1)
-        total = getattr(rt, attr)
-        last = rt.warned_at.get(reason)
-        warn = warn and (last is None or now - last >= DROP_WARNING_INTERVAL)
-        if warn:
-            rt.warned_at[reason] = now
+    last = rt.warned_at.get(reason)
+    warn = warn and (last is None or now - last >= DROP_WARNING_INTERVAL)
     if warn:
-        why = (
-            f"the backlog is full ({rt.options.max_pending} pending)"
-            if reason == "full"
-            else "the bridge is shut down"
-        )
+        rt.warned_at[reason] = now
+    if warn:
+        if reason == "full":
+            why = f"the backlog is full ({rt.options.max_pending} pending)"
+        elif rt.dead:
+            why = "the bridge loop thread died (see the error logged when it did)"
+        else:
+            why = "the bridge is shut down"
         logger.warning(
             "asyncbridge dropped %s: %s (%d dropped for this reason so far; warnings are "
             "limited to one per %gs)",

@@ -8,6 +8,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextvars
+import logging
 import os
 import sys
 import threading
@@ -23,7 +24,7 @@ from ._admission import make_room as _make_room
 from ._config import Options, options_from_env
 from ._errors import AsyncBridgeError, BridgeClosed
 from ._future import BridgeFuture
-from ._inputs import not_a_coroutine
+from ._inputs import MAX_WAIT, clamp_wait, not_a_coroutine, timeout_arg
 from ._log import close_quietly as _close_quietly
 from ._log import logger
 from ._runtime import NOT_STARTED, Runtime, orphan
@@ -49,6 +50,21 @@ _LOOK_EVERY = 7  # a mask: read the clock when the backlog is a multiple of 8
 
 _BRIDGES: weakref.WeakSet[Bridge] = weakref.WeakSet()
 
+# The longest drain deadline honoured: far beyond any real deadline, and small enough that the
+# deadline plus the shutdown margin still fits every wait primitive.
+_MAX_DEADLINE = MAX_WAIT / 4
+
+
+def _interim(rt: Runtime, started: float, deadline_s: float) -> ShutdownReport:
+    """A report for a caller that cannot wait for the shutdown in progress: true, not final."""
+    return ShutdownReport(
+        rt.snapshot() if rt.pid == _getpid() else Stats(pid=_getpid()),
+        cancelled_names=tuple(rt.cancelled_names),
+        elapsed=time.monotonic() - started,
+        timeout=deadline_s,
+        final=False,
+    )
+
 
 class Bridge:
     """A background asyncio loop per process, fed from synchronous code.
@@ -72,8 +88,11 @@ class Bridge:
         self._rt = NOT_STARTED
         self._max_pending = self._options.max_pending
         # One lifecycle lock per process, made on first use there: a lock inherited through fork
-        # may be held by a parent thread that does not exist in the child.
+        # may be held by a parent thread that does not exist in the child. Its holder is kept
+        # per process too, so that a signal handler re-entering it can tell.
         self._lifecycle_locks: dict[int, threading.Lock] = {}
+        self._lifecycle_owner: dict[int, threading.Thread] = {}
+        self._deferred: list[Callable[[], object]] = []
         _BRIDGES.add(self)
 
     # -- configuration -------------------------------------------------------------------------
@@ -188,6 +207,11 @@ class Bridge:
             rt = self._start_for(coro)
         if rt.closed:
             _drop(rt, coro, "closed", warn=False)
+            if rt.dead:
+                raise BridgeClosed(
+                    "the bridge loop thread died in this process (its error was logged); it "
+                    "accepts no more work"
+                )
             raise BridgeClosed("the bridge was shut down in this process and accepts no more work")
         backlog = len(rt.inbox)
         if backlog + rt.running >= self._max_pending:
@@ -247,14 +271,24 @@ class Bridge:
                 "run() was called from a thread with a running event loop, which it would block; "
                 "just `await` the coroutine (or use run_soon() to fire and forget)"
             )
+        try:
+            wait = timeout_arg("run", timeout)
+        except (TypeError, ValueError):
+            _close_quietly(coro)
+            raise
         future = self.submit(coro)
         try:
-            return future.result(timeout)
+            return future.result(wait)
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise TimeoutError(
                 f"run() timed out after {timeout}s; the coroutine was cancelled"
             ) from None
+        except BaseException:
+            # Interrupted while waiting (KeyboardInterrupt, SystemExit from a signal handler):
+            # nobody will read the result, so the coroutine must not run on unseen.
+            future.cancel()
+            raise
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -335,45 +369,76 @@ class Bridge:
 
         Raises:
             AsyncBridgeError: Called from the bridge loop thread.
+            TypeError: ``timeout`` is not a number.
+            ValueError: ``timeout`` is NaN.
         """
         rt = self._rt
         if rt.pid != _getpid() or rt.loop is None:
+            timeout_arg("drain", timeout)
             return True
         if rt.in_loop_thread():
             raise AsyncBridgeError(
                 "drain() from the bridge loop thread would deadlock; await instead"
             )
+        wait = timeout_arg("drain", timeout)
         idle = threading.Event()
         try:
             rt.loop.call_soon_threadsafe(when_idle, rt, idle.set)
         except RuntimeError:
             return not rt.inbox and rt.running == 0
-        return idle.wait(timeout) and not rt.inbox and rt.running == 0
+        return idle.wait(wait) and not rt.inbox and rt.running == 0
 
     def shutdown(self, timeout: float | None = None, *, log: bool = True) -> ShutdownReport:
         """Close admission, drain until the deadline, cancel the rest, and stop the loop.
 
-        Idempotent: later calls return the first report. Never raises, and never takes longer
-        than the deadline plus about one second, even when a coroutine blocks the loop.
+        Idempotent: later calls return the first report. Never takes longer than the deadline
+        plus about one second, even when a coroutine blocks the loop. A call that cannot wait
+        for a shutdown already in progress (from another thread past its own deadline, from a
+        signal handler that interrupted it, from the loop thread) returns at once with an
+        interim report (``final`` is False); the shutdown in progress logs the final one.
 
         Args:
-            timeout: The drain deadline in seconds; defaults to ``drain_timeout``.
+            timeout: The drain deadline in seconds; defaults to ``drain_timeout``. ``math.inf``
+                (or any huge value) waits as long as the platform allows.
             log: Log the report on the ``asyncbridge`` logger (at INFO when everything finished,
                 at WARNING when something was cancelled or abandoned). Server adapters pass False
                 and log it on the server's own logger instead.
 
         Returns:
             The :class:`ShutdownReport`.
+
+        Raises:
+            TypeError: ``timeout`` is not a number (checked before anything is done).
+            ValueError: ``timeout`` is NaN.
         """
         started = time.monotonic()
-        deadline_s = self._options.drain_timeout if timeout is None else max(0.0, float(timeout))
+        given = timeout_arg("shutdown", timeout)
+        deadline_s = min(self._options.drain_timeout if given is None else given, _MAX_DEADLINE)
         pid = _getpid()
-        lock = self._lifecycle_lock()
-        if not lock.acquire(timeout=deadline_s + SHUTDOWN_MARGIN):
-            logger.error("asyncbridge shutdown in pid %d gave up: another shutdown is stuck", pid)
-            return ShutdownReport(
-                self.stats(), elapsed=time.monotonic() - started, timeout=deadline_s
+        rt = self._rt
+        if rt.pid == pid and rt.in_loop_thread():
+            # Before any lock: the thread that drains holds it while it waits for this loop.
+            rt.closed = True
+            logger.error(
+                "asyncbridge shutdown() was called from the loop thread; admission is closed, "
+                "call shutdown() from another thread to drain"
             )
+            return _interim(rt, started, deadline_s)
+        me = threading.current_thread()
+        if self._lifecycle_owner.get(pid) is me:
+            # Re-entered by this very thread while it starts or shuts down the bridge: a signal
+            # handler that interrupted it, or a hook it called. Waiting would wait for ourselves.
+            return _interim(self._rt, started, deadline_s)
+        lock = self._lifecycle_lock()
+        if not lock.acquire(timeout=clamp_wait(deadline_s + SHUTDOWN_MARGIN)):
+            logger.warning(
+                "asyncbridge shutdown in pid %d: another thread's shutdown is still in progress "
+                "after %gs; returning an interim report (the other logs the final one)",
+                pid,
+                deadline_s + SHUTDOWN_MARGIN,
+            )
+            return _interim(self._rt, started, deadline_s)
+        self._lifecycle_owner[pid] = me
         try:
             rt = self._rt
             if rt.pid != pid:
@@ -386,19 +451,32 @@ class Bridge:
             if rt.loop is None:
                 rt.report = ShutdownReport(rt.snapshot(), elapsed=0.0, timeout=deadline_s)
                 return rt.report
-            if rt.in_loop_thread():
-                rt.closed = True
-                logger.error(
-                    "asyncbridge shutdown() was called from the loop thread; admission is closed, "
-                    "call shutdown() from another thread to drain"
-                )
-                return ShutdownReport(rt.snapshot(), elapsed=0.0, timeout=deadline_s)
             rt.report = report = drain_runtime(rt, started, deadline_s)
         finally:
+            del self._lifecycle_owner[pid]
             lock.release()
         if log:
             (logger.info if report.clean else logger.warning)("%s", report)
+        self._run_deferred()
         return report
+
+    def _defer_while_busy(self, callback: Callable[[], object]) -> bool:
+        """Run ``callback`` once this thread's start or shutdown of the bridge ends.
+
+        For signal handlers: when the handler interrupted this very thread inside ``start()``
+        or ``shutdown()``, it cannot wait for it, so it asks to be called again afterwards.
+
+        Returns:
+            True when deferred; False when this thread is not starting or shutting down.
+        """
+        if self._lifecycle_owner.get(_getpid()) is not threading.current_thread():
+            return False
+        self._deferred.append(callback)
+        return True
+
+    def _run_deferred(self) -> None:
+        while self._deferred:
+            self._deferred.pop(0)()
 
     # -- process ownership ---------------------------------------------------------------------
 
@@ -421,32 +499,40 @@ class Bridge:
         if rt.pid == pid:  # the path taken on every call where the fork marker is unavailable
             return rt
         with self._lifecycle_lock():
-            rt = self._rt
-            if rt.pid == pid:
-                return rt
-            rt = self._new_runtime(rt, pid)
-            self._options = rt.options = (
-                Options().updated(options_from_env()).updated(self._explicit)
-            )
-            self._max_pending = self._options.max_pending
-            loop = (self._options.loop_factory or asyncio.new_event_loop)()
-            rt.loop = loop
-            thread = threading.Thread(
-                target=run_loop,
-                args=(loop, weakref.ref(self)),
-                name=f"asyncbridge-{pid}",
-                daemon=True,
-            )
-            rt.thread = thread
+            self._lifecycle_owner[pid] = threading.current_thread()
             try:
-                thread.start()
-            except BaseException:
-                loop.close()
-                raise
-            rt.here = _forkmark.fork_marker()
-            self._rt = rt  # published last: other threads see a runtime with its loop running
-            _drain_before_multiprocessing_exit()
+                rt = self._start_here(pid)
+            finally:
+                del self._lifecycle_owner[pid]
+        self._run_deferred()
+        return rt
+
+    def _start_here(self, pid: int) -> Runtime:
+        """Start this process's loop (the caller holds the lifecycle lock)."""
+        rt = self._rt
+        if rt.pid == pid:
             return rt
+        rt = self._new_runtime(rt, pid)
+        self._options = rt.options = Options().updated(options_from_env()).updated(self._explicit)
+        self._max_pending = self._options.max_pending
+        loop = (self._options.loop_factory or asyncio.new_event_loop)()
+        rt.loop = loop
+        thread = threading.Thread(
+            target=run_loop,
+            args=(rt, weakref.ref(self)),
+            name=f"asyncbridge-{pid}",
+            daemon=True,
+        )
+        rt.thread = thread
+        try:
+            thread.start()
+        except BaseException:
+            loop.close()
+            raise
+        rt.here = _forkmark.fork_marker()
+        self._rt = rt  # published last: other threads see a runtime with its loop running
+        _drain_before_multiprocessing_exit()
+        return rt
 
     def _new_runtime(self, old: Runtime, pid: int) -> Runtime:
         """A runtime for this process, not yet published; an inherited one is orphaned."""
@@ -462,7 +548,53 @@ class Bridge:
             self._rt = NOT_STARTED
 
 
+# Forks seen while a bridge loop thread ran, by PID: each process warns once.
+_FORK_WARNED: set[int] = set()
+# The log handler locks held across a fork (see _before_fork), released on both sides after it.
+_HELD_FOR_FORK: list[Any] = []
+
+
+def _before_fork() -> None:
+    """Before any fork: if a bridge loop runs here, warn once, and keep its log lines whole.
+
+    A thread that is writing a log line when another forks leaves the child a stream whose
+    internal buffer lock is held by a thread that does not exist there (logging resets its own
+    handler locks in the child, not the streams'), so the child's first log line blocks forever.
+    Holding every handler's lock across the fork means no thread is inside a handler then.
+    """
+    loops = [b for b in list(_BRIDGES) if b.owns_loop() and b.stats().loop_running]
+    if not loops:
+        return
+    pid = _getpid()
+    if pid not in _FORK_WARNED:
+        _FORK_WARNED.add(pid)
+        logger.warning(
+            "asyncbridge: pid %d forks while its bridge loop thread runs; the child starts a "
+            "loop of its own, but forking a threaded process can leave the child blocked on a "
+            "lock held by a thread it does not have. Start the loop after fork instead: do not "
+            "hand work off at import time in a server that imports the app before forking "
+            "(gunicorn: add asyncbridge.gunicorn.pre_fork; uWSGI: asyncbridge.uwsgi.install(), "
+            "or lazy-apps; multiprocessing: the 'spawn' or 'forkserver' start method)",
+            pid,
+        )
+    for ref in list(getattr(logging, "_handlerList", ())):
+        handler = ref()
+        lock = getattr(handler, "lock", None)
+        if lock is not None and lock.acquire(timeout=1.0):
+            _HELD_FOR_FORK.append(lock)
+
+
+def _release_held_for_fork() -> None:
+    while _HELD_FOR_FORK:
+        lock = _HELD_FOR_FORK.pop()
+        try:
+            lock.release()
+        except RuntimeError:  # already reset (the child's logging re-initialised it)
+            pass
+
+
 def _after_fork_in_child() -> None:
+    _release_held_for_fork()
     for bridge in list(_BRIDGES):
         bridge._forget_inherited()
 
@@ -485,7 +617,11 @@ def _drain_before_multiprocessing_exit() -> None:
         util.Finalize(None, _drain_at_exit, exitpriority=10)
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_release_held_for_fork,
+    after_in_child=_after_fork_in_child,
+)
 # A fallback for processes that exit without calling shutdown(). It runs after non-daemon threads
 # are joined, while the daemon loop thread is still alive, and does nothing in a process that
 # never started a loop (owns_loop() compares PIDs).

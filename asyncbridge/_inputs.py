@@ -4,18 +4,57 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
+import threading
 
-__all__ = ["coroutine_name", "not_a_coroutine"]
+__all__ = ["MAX_WAIT", "clamp_wait", "coroutine_name", "not_a_coroutine", "timeout_arg"]
+
+# The longest wait the threading primitives accept; a longer one raises OverflowError.
+MAX_WAIT = threading.TIMEOUT_MAX
+
+
+def clamp_wait(seconds: float) -> float:
+    """``seconds`` made safe for ``Event.wait`` and friends: at least 0, at most MAX_WAIT."""
+    return 0.0 if seconds <= 0 else min(seconds, MAX_WAIT)
+
+
+def timeout_arg(api: str, value: object) -> float | None:
+    """Check a ``timeout=`` argument given at call time: None, or seconds (inf means no limit).
+
+    Raises:
+        TypeError: Not a number (a bool is not one).
+        ValueError: NaN.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            f"{api}() timeout must be a number of seconds or None, got {type(value).__name__} "
+            f"{value!r}"
+        )
+    seconds = float(value)
+    if math.isnan(seconds):
+        raise ValueError(f"{api}() timeout must be a number of seconds or None, got nan")
+    return clamp_wait(seconds)
 
 
 def coroutine_name(obj: object) -> str:
     """The qualified name of a coroutine (or task, or function), never its arguments."""
     if isinstance(obj, asyncio.Task):
         obj = obj.get_coro()
-    name = getattr(obj, "__qualname__", None)
-    if isinstance(name, str):
-        return name
-    return type(obj).__qualname__
+    try:
+        name = getattr(obj, "__qualname__", None)
+    except Exception:  # a property that raises: fall back to the type, never fail a log line
+        name = None
+    if not isinstance(name, str):
+        name = type(obj).__qualname__
+    if len(name) > _MAX_NAME or not name.isprintable():
+        # A name set by hand may be huge or carry newlines (a forged log line): keep it one line.
+        name = name[:_MAX_NAME].encode("unicode_escape").decode("ascii")[:_MAX_NAME]
+    return name
+
+
+_MAX_NAME = 200
 
 
 def not_a_coroutine(api: str, obj: object) -> TypeError:

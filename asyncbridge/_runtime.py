@@ -7,16 +7,20 @@ import collections
 import contextvars
 import mmap
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from ._config import Options
+from ._inputs import coroutine_name
 from ._stats import ShutdownReport, Stats
 
 if TYPE_CHECKING:
     from ._future import BridgeFuture
 
 __all__ = ["NOT_STARTED", "ORPHANS", "Item", "Runtime", "orphan"]
+
+_SNAPSHOT_TRIES = 1000
 
 Item = tuple[Coroutine[Any, Any, Any], contextvars.Context, "BridgeFuture[Any] | None"]
 
@@ -25,12 +29,14 @@ class Runtime:
     """Everything that belongs to one process's loop. After fork the child replaces it whole."""
 
     __slots__ = (
+        "backoffs",
         "cancelled",
         "cancelled_names",
         "cleaning",
         "close_callbacks",
         "closed",
         "completed",
+        "dead",
         "dropped_closed",
         "dropped_full",
         "expired",
@@ -44,16 +50,19 @@ class Runtime:
         "options",
         "pid",
         "report",
+        "restarts",
         "room",
         "room_waiters",
         "running",
         "scheduled",
         "scheduled_at",
         "starved",
+        "stopping",
         "taken",
         "tasks",
         "thread",
         "timed_out",
+        "version",
         "warned_at",
     )
 
@@ -73,13 +82,22 @@ class Runtime:
         self.scheduled_at = 0.0  # when `scheduled` was set (time.monotonic)
         # A caller's last look found the wake-up overdue; the next look, pull or wake-up resets it.
         self.starved = False
+        # Back-offs paid for the pending wake-up; past a few, the loop is blocked, not starved.
+        self.backoffs = 0
         self.closed = False  # admission closed by shutdown
         self.cleaning = False  # past the drain: nothing more may start on the loop
         self.finished = False  # the loop is gone; whoever appends now must sweep the inbox
-        # Guards the counters, so that stats() is a consistent snapshot. Never held while user
-        # code runs. Reentrant: a signal handler (worker_int) may ask for stats() while the
-        # main thread it interrupted holds it.
+        self.stopping = False  # shutdown is stopping the loop: any other loop.stop() is stray
+        self.dead = False  # the loop thread ended outside shutdown: admission is closed
+        self.restarts = 0  # stray loop.stop() calls survived (the loop resumed)
+        # Serialises the writers of the accounting (the loop thread, and whoever sweeps the inbox
+        # once the loop is gone). Never held while user code runs, and never taken by readers or
+        # by callers handing work over: a signal handler may interrupt any frame of the main
+        # thread, and must never find a lock held there that the loop needs in order to drain.
         self.lock = threading.RLock()
+        # A sequence lock for readers: odd while a writer is between two updates. snapshot()
+        # retries until it reads the same even value before and after.
+        self.version = 0
         self.taken = 0  # items removed from the inbox: started, or swept and cancelled
         self.running = 0
         self.completed = 0
@@ -93,7 +111,9 @@ class Runtime:
         self.cancelled_names: list[str] = []
         self.idle_waiters: list[Callable[[], object]] = []
         self.close_callbacks: list[Callable[[], Coroutine[Any, Any, object]]] = []
-        self.room = threading.Condition(threading.Lock())
+        # Reentrant: a signal handler's run_soon(on_full="block") may interrupt a caller that is
+        # waiting here. The loop only ever tries it without blocking (see notify_room).
+        self.room = threading.Condition(threading.RLock())
         self.room_waiters = 0
         self.warned_at: dict[str, float] = {}
         self.report: ShutdownReport | None = None
@@ -104,20 +124,64 @@ class Runtime:
         return self.thread is not None and self.thread is threading.current_thread()
 
     def snapshot(self) -> Stats:
-        with self.lock:
+        """A consistent snapshot, read without a lock (see ``version``); safe in a signal handler.
+
+        If a writer in this same thread was interrupted between two updates (a signal handler
+        asking for stats while the main thread sweeps), the version never settles: after a
+        bounded number of tries the last read is returned, off by at most that one update.
+        """
+        for attempt in range(_SNAPSHOT_TRIES):
+            before = self.version
+            if before & 1 and attempt < _SNAPSHOT_TRIES - 1:
+                time.sleep(0)  # let the writer finish
+                continue
             pending = len(self.inbox)
-            return Stats(
-                accepted=self.taken + pending,
-                completed=self.completed,
-                failed=self.failed,
-                timed_out=self.timed_out,
-                cancelled=self.cancelled,
-                pending=pending,
-                running=self.running,
-                dropped={"full": self.dropped_full, "closed": self.dropped_closed},
-                pid=self.pid,
-                loop_running=self.thread is not None and self.thread.is_alive(),
-            )
+            taken, running = self.taken, self.running
+            done = (self.completed, self.failed, self.timed_out, self.cancelled)
+            if self.version == before:
+                break
+        return Stats(
+            accepted=taken + pending,
+            completed=done[0],
+            failed=done[1],
+            timed_out=done[2],
+            cancelled=done[3],
+            pending=pending,
+            running=running,
+            dropped={"full": self.dropped_full, "closed": self.dropped_closed},
+            pid=self.pid,
+            loop_running=self.thread is not None and self.thread.is_alive() and not self.dead,
+            loop_restarts=self.restarts,
+        )
+
+    def notify_room(self) -> None:
+        """Wake callers waiting for room (``on_full="block"``), from the loop, never blocking.
+
+        The condition's lock may be held by a main-thread frame that a signal handler
+        interrupted, and that handler may be waiting for this loop; a skipped notification costs
+        a waiter at most one of its 50 ms slices.
+        """
+        room = self.room
+        if room.acquire(blocking=False):
+            try:
+                room.notify_all()
+            finally:
+                room.release()
+
+    def running_names(self) -> tuple[str, ...]:
+        """Qualified names of what is still pending or running, for a shutdown that gave up."""
+        for _ in range(3):  # the loop may still change the set under us
+            try:
+                tasks = [t for t in list(self.tasks) if not t.done()]
+                pending = [item[0] for item in list(self.inbox)]
+                break
+            except RuntimeError:
+                continue
+        else:
+            return ()
+        return tuple(coroutine_name(t.get_coro()) for t in tasks) + tuple(
+            coroutine_name(c) for c in pending
+        )
 
 
 NOT_STARTED = Runtime(-1)

@@ -31,27 +31,50 @@ LOOP_THREAD = threading.local()
 _NO_LIMIT = 1 << 62
 
 
-def run_loop(loop: asyncio.AbstractEventLoop, owner: weakref.ref[Any]) -> None:
-    """The loop thread's body: run ``loop`` until shutdown stops it, then close it."""
+def run_loop(rt: Runtime, owner: weakref.ref[Any]) -> None:
+    """The loop thread's body: run the loop until shutdown stops it, then close it.
+
+    A ``loop.stop()`` that shutdown did not ask for (a coroutine or a library calling it) must not
+    silently end the bridge: the loop resumes at once, so every task and queued hand-off goes on
+    as if nothing happened, and the event is logged and counted (``restarts``). A loop thread that
+    ends in any other way closes admission, so later hand-offs are refused and counted instead
+    of accepted into a loop that will never run them.
+    """
+    loop = rt.loop
+    assert loop is not None
     LOOP_THREAD.owner = owner
     asyncio.set_event_loop(loop)
     try:
         while True:
             try:
                 loop.run_forever()
-                return  # stopped by shutdown
             except (SystemExit, KeyboardInterrupt) as exc:
                 # asyncio lets these escape run_forever after storing them on the task; keep
                 # the loop alive: the task's done callback counts and reports the failure.
                 logger.debug("asyncbridge loop resumed after a coroutine raised %r", exc)
+                continue
+            if rt.stopping:
+                return  # stopped by shutdown
+            rt.restarts += 1
+            logger.error(
+                "asyncbridge: something called loop.stop() on the bridge loop of pid %d (only "
+                "shutdown() may stop it); the loop resumed and no work was lost (%d such stops "
+                "so far)",
+                rt.pid,
+                rt.restarts,
+            )
     except BaseException:
-        logger.exception("asyncbridge loop thread died; work handed to it is lost")
+        logger.exception("asyncbridge loop thread died; admission is closed")
+        rt.dead = rt.closed = True
         raise
     finally:
         try:
             loop.close()
         except Exception:
             logger.exception("asyncbridge could not close its event loop")
+        if not rt.stopping:
+            rt.dead = rt.closed = rt.finished = True
+            sweep(rt)  # what waited can never start: count it cancelled, by name
 
 
 def pull(rt: Runtime) -> None:
@@ -71,12 +94,14 @@ def start_waiting(rt: Runtime) -> None:
     options = rt.options
     batch: list[Item] = []
     with rt.lock:
+        rt.version += 1
         room = (options.max_concurrency or _NO_LIMIT) - rt.running
         while inbox and room > 0:
             batch.append(inbox.popleft())
             room -= 1
         rt.taken += len(batch)
         rt.running += len(batch)
+        rt.version += 1
     loop = rt.loop
     assert loop is not None
     timeout = options.task_timeout
@@ -94,8 +119,7 @@ def start_waiting(rt: Runtime) -> None:
                 task.cancel()
         task.add_done_callback(functools.partial(_on_done, rt, future, handle))
     if rt.room_waiters:
-        with rt.room:
-            rt.room.notify_all()
+        rt.notify_room()
 
 
 def expire(rt: Runtime, task: asyncio.Task[Any]) -> None:
@@ -145,8 +169,7 @@ def _on_done(
     if rt.inbox:
         start_waiting(rt)
     elif rt.room_waiters:
-        with rt.room:
-            rt.room.notify_all()
+        rt.notify_room()
     if rt.idle_waiters and rt.running == 0 and not rt.inbox:
         waiters, rt.idle_waiters = rt.idle_waiters, []
         for waiter in waiters:
@@ -155,8 +178,10 @@ def _on_done(
 
 def _count(rt: Runtime, outcome: str) -> None:
     with rt.lock:
+        rt.version += 1
         rt.running -= 1
         setattr(rt, outcome, getattr(rt, outcome) + 1)
+        rt.version += 1
 
 
 def _report_failure(rt: Runtime, exc: BaseException, name: str, outcome: str) -> None:
@@ -183,11 +208,13 @@ def cancel_unstarted(rt: Runtime) -> None:
     inbox = rt.inbox
     items: list[Item] = []
     with rt.lock:
+        rt.version += 1
         while inbox:
             items.append(inbox.popleft())
         rt.taken += len(items)
         rt.cancelled += len(items)
-        rt.cancelled_names.extend(coroutine_name(coro) for coro, _, _ in items)
+        rt.version += 1
+    rt.cancelled_names.extend(coroutine_name(coro) for coro, _, _ in items)
     for coro, _, future in items:
         close_quietly(coro)
         if future is not None:

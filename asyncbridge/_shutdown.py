@@ -44,6 +44,7 @@ def drain_runtime(rt: Runtime, started: float, deadline_s: float) -> ShutdownRep
     sweep(rt)
     stats = rt.snapshot()
     abandoned = stats.pending + stats.running
+    names = rt.running_names() if abandoned else ()
     if abandoned:
         # Keep what is still running referenced: destroying a pending task would run its
         # code (finally blocks) from the garbage collector, at any later time.
@@ -52,6 +53,7 @@ def drain_runtime(rt: Runtime, started: float, deadline_s: float) -> ShutdownRep
         stats,
         cancelled_names=tuple(rt.cancelled_names),
         abandoned=abandoned,
+        abandoned_names=names,
         elapsed=time.monotonic() - started,
         timeout=deadline_s,
     )
@@ -81,6 +83,7 @@ async def _cleanup(rt: Runtime, cleaned: threading.Event, budget: float) -> None
         waiters, rt.idle_waiters = rt.idle_waiters, []
         for waiter in waiters:  # drain() callers: nothing more will run here
             waiter()
+        rt.stopping = True
         loop.stop()
         cleaned.set()
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from ._api import default_bridge
+from ._inputs import timeout_arg
 
 __all__ = ["EXIT_SIGNALS", "ignore_exit_signals", "install_signal_handlers"]
 
@@ -68,6 +69,7 @@ def install_signal_handlers(
         raise AsyncBridgeError(
             "install_signal_handlers() must be called from the main thread (a Python rule)"
         )
+    timeout_arg("install_signal_handlers", timeout)  # a bad deadline fails now, not at exit
     previous: dict[int, _Handler] = {}
     for signum in signals:
         current = signal.getsignal(signum)
@@ -83,9 +85,15 @@ def _make_handler(
     handlers: dict[int, _Handler], timeout: float | None
 ) -> Callable[[int, FrameType | None], None]:
     def handler(signum: int, frame: FrameType | None) -> None:
+        bridge = default_bridge()
+        # The signal interrupted this very thread inside start() or shutdown() (a program that
+        # calls shutdown() itself, at its end): waiting here would wait for ourselves. Act once
+        # that call ends, with its final report logged first.
+        if bridge._defer_while_busy(lambda: handler(signum, frame)):
+            return
         logger.info("asyncbridge: %s received, draining", signal.Signals(signum).name)
         ignore_exit_signals(tuple(handlers))  # a second Ctrl-C must not cut the drain short
-        default_bridge().shutdown(timeout)
+        bridge.shutdown(timeout)
         for other, before in handlers.items():  # from now on, signals do what they did before
             signal.signal(other, before if before is not None else signal.SIG_DFL)
         previous = handlers[signum]

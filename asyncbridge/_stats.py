@@ -28,6 +28,8 @@ class Stats:
             ``"closed"`` (handed over after shutdown).
         pid: The process these numbers belong to.
         loop_running: Whether this process's loop thread is alive.
+        loop_restarts: Times something other than shutdown called ``loop.stop()`` on the bridge
+            loop; each time the loop resumed at once and nothing was lost (each is logged).
     """
 
     accepted: int = 0
@@ -40,6 +42,7 @@ class Stats:
     dropped: Mapping[str, int] = field(default_factory=lambda: {"full": 0, "closed": 0})
     pid: int = 0
     loop_running: bool = False
+    loop_restarts: int = 0
 
     @property
     def dropped_total(self) -> int:
@@ -58,8 +61,14 @@ class ShutdownReport:
         abandoned: Coroutines still pending or running when shutdown ended: the loop was blocked
             by synchronous code, or a coroutine ignored its cancellation. They are lost with the
             process.
+        abandoned_names: Qualified names of the abandoned coroutines.
         elapsed: Seconds the shutdown took.
         timeout: The drain deadline it was given, in seconds.
+        final: False for an interim report: returned to a caller that could not wait for the
+            shutdown in progress (another thread's, or the one a signal handler interrupted, or
+            a call from the loop thread itself). Its figures are true at the time it was made,
+            but work may still finish or be cancelled; the final report is logged when that
+            shutdown ends, and later calls return it.
     """
 
     stats: Stats
@@ -67,16 +76,22 @@ class ShutdownReport:
     abandoned: int = 0
     elapsed: float = 0.0
     timeout: float = 0.0
+    abandoned_names: tuple[str, ...] = ()
+    final: bool = True
 
     @property
     def clean(self) -> bool:
-        """Whether everything accepted finished by itself (nothing cancelled or abandoned)."""
-        return not self.cancelled_names and not self.abandoned
+        """Whether everything accepted finished by itself (nothing cancelled or abandoned).
+
+        Always False for an interim report (``final`` is False): nothing is settled yet.
+        """
+        return self.final and not self.cancelled_names and not self.abandoned
 
     def __str__(self) -> str:
         s = self.stats
+        what = "shutdown" if self.final else "shutdown in progress (interim report, not final)"
         parts = [
-            f"asyncbridge shutdown of pid {s.pid} in {self.elapsed:.3f}s"
+            f"asyncbridge {what} of pid {s.pid} in {self.elapsed:.3f}s"
             f" (deadline {self.timeout:g}s):",
             f"accepted={s.accepted} completed={s.completed} failed={s.failed}"
             f" timed_out={s.timed_out} cancelled={s.cancelled}",
@@ -87,6 +102,8 @@ class ShutdownReport:
                 f"abandoned={self.abandoned} (still running at the end: a blocked loop or a "
                 "coroutine that ignored cancellation)"
             )
+            if self.abandoned_names:
+                parts.append("abandoned: " + _summarize(self.abandoned_names))
         if self.cancelled_names:
             parts.append("cancelled at the deadline: " + _summarize(self.cancelled_names))
         return " ".join(parts)

@@ -39,6 +39,7 @@ __all__ = [
     "drain_deadline",
     "post_fork",
     "post_worker_init",
+    "pre_fork",
     "worker_abort",
     "worker_exit",
     "worker_int",
@@ -94,6 +95,33 @@ def drain_deadline(drain_timeout: float, *, graceful_timeout: float, timeout: fl
     if timeout > 0:
         bounds.append(timeout / 2 - MARGIN)
     return max(0.0, min(bounds))
+
+
+def pre_fork(server: Any, worker: Any) -> None:
+    """gunicorn ``pre_fork``: stop a loop the master owns before it forks a worker.
+
+    With ``preload_app = True`` the app is imported in the master, and a ``run_soon`` at import
+    time starts a loop thread there. Forking a process that runs threads can leave the child
+    holding locks that no thread of the child will release (Python 3.12+ warns about it). The
+    master drains that loop (with the bridge's ``drain_timeout``) and stops it before the first
+    fork, and logs once why; each worker starts its own loop after fork, as always. Work handed
+    off in the master after that is refused and counted (``dropped["closed"]``).
+
+    Args:
+        server: The gunicorn arbiter (its ``log`` is used).
+        worker: The worker about to be forked.
+    """
+    bridge = default_bridge()
+    if not bridge.owns_loop() or not bridge.stats().loop_running:
+        return
+    report = bridge.shutdown(log=False)
+    server.log.warning(
+        "asyncbridge: the master (pid %s) ran a bridge loop (work handed off at import with "
+        "preload_app?); it was drained and stopped before forking workers, which start their "
+        "own. Hand work off in request code, not at import. %s",
+        os.getpid(),
+        report,
+    )
 
 
 def post_fork(server: Any, worker: Any) -> None:
@@ -243,6 +271,11 @@ def _name(hook: Callable[..., object]) -> str:
 
 
 def _shorten(worker: Any, seconds: float, why: str) -> None:
+    # From here on the worker is on its way out: gunicorn exits right after this hook returns
+    # and reaches worker_exit. A second exit signal (a terminal's Ctrl-C reaches every process
+    # of the group, then the master sends its own SIGQUIT) would run gunicorn's handler again
+    # inside that exit, cutting the drain short before its report is logged.
+    ignore_exit_signals()
     # Recorded even before the loop runs: the signal may arrive while the worker still boots.
     _quick[os.getpid()] = seconds
     stats = default_bridge().stats()
