@@ -104,12 +104,21 @@ function shadeInline(u) {
   ctx.beginPath();
   ctx.rect(left, top, width, height);
   ctx.clip();
-  ctx.fillStyle = "rgba(251, 191, 36, 0.13)";
+  ctx.font = `${Math.round(11 * devicePixelRatio)}px system-ui, sans-serif`;
+  ctx.textBaseline = "top";
+  let previous = null;
   for (const p of state.series) {
-    if (p.mode !== "inline") continue;
-    const x0 = u.valToPos(p.t - 0.5, "x", true);
-    const x1 = u.valToPos(p.t + 0.5, "x", true);
-    ctx.fillRect(x0, top, x1 - x0, height);
+    if (p.mode === "inline") {
+      const x0 = u.valToPos(p.t - 0.5, "x", true);
+      const x1 = u.valToPos(p.t + 0.5, "x", true);
+      ctx.fillStyle = "rgba(251, 191, 36, 0.09)";
+      ctx.fillRect(x0, top, x1 - x0, height);
+      if (previous !== "inline") { // label the start of each inline stretch
+        ctx.fillStyle = "#fbbf24";
+        ctx.fillText("inline", x0 + 4 * devicePixelRatio, top + 4 * devicePixelRatio);
+      }
+    }
+    previous = p.mode;
   }
   ctx.restore();
 }
@@ -125,9 +134,28 @@ function makeChart() {
   const ms = (u, v) => (v == null ? "–" : v.toFixed(v < 10 ? 2 : 1) + " ms");
   const opts = {
     ...chartSize(),
-    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(5, (max || 0) * 1.1)] } },
-    series: [{}, ...SERIES.map((d) => ({ label: d.label, stroke: d.stroke, width: d.width, dash: d.dash, value: ms, spanGaps: false }))],
-    axes: [axis, { ...axis, size: 56, values: (u, vals) => vals.map((v) => v + " ms") }],
+    scales: {
+      // At least the last minute, ending at the newest point: the graph scrolls as it grows.
+      x: {
+        time: true,
+        range: (u, min, max) => {
+          const end = max ?? Math.floor(Date.now() / 1000) - 2;
+          return [end - Math.max(60, end - (min ?? end)), end];
+        },
+      },
+      y: { range: (u, min, max) => [0, Math.max(5, (max || 0) * 1.1)] },
+    },
+    series: [
+      {},
+      ...SERIES.map((d) => ({
+        label: d.label, stroke: d.stroke, width: d.width, dash: d.dash, value: ms, spanGaps: false,
+      })),
+    ],
+    axes: [
+      { ...axis, incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300, 600] }, // whole seconds only
+      { ...axis, size: 72, values: (u, vals) => vals.map((v) => v + " ms") },
+    ],
+    legend: { live: false },
     hooks: { drawClear: [shadeInline] },
     cursor: { drag: { x: false, y: false } },
   };
