@@ -21,7 +21,7 @@ from .procs import PYTHON, Server, free_port, http_get, wait_http
 from .test_demo import kill_leftovers
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, Page, Response
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -159,10 +159,12 @@ class _Watched:
     def __init__(self, browser: Browser, width: int, height: int) -> None:
         self.page = browser.new_page(viewport={"width": width, "height": height})
         self.bad: list[str] = []
-        self.page.on(
-            "response", lambda r: r.status >= 400 and self.bad.append(f"{r.status} {r.url}")
-        )
+        self.page.on("response", self._on_response)
         self.page.on("pageerror", lambda exc: self.bad.append(f"script error: {exc}"))
+
+    def _on_response(self, response: Response) -> None:
+        if response.status >= 400:
+            self.bad.append(f"{response.status} {response.url}")
 
     def check(self) -> None:
         assert self.bad == [], self.bad
