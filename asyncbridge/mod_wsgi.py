@@ -181,24 +181,26 @@ class _OnShutdown:
 
     def __call__(self, event: str, **details: Any) -> None:
         # mod_wsgi calls every subscriber as callback(event_name, **event).
-        started = time.monotonic()
         if not self.bridge.owns_loop():
-            return  # never used in this process: nothing to drain
+            return  # never used in this process (or a copy inherited through fork)
         reason = str(details.get("shutdown_reason", ""))
         deadline = exit_deadline(self.bridge.options.drain_timeout, self.shutdown_timeout, reason)
-        self._wait_for_requests(started + deadline * _REQUESTS_SHARE)
-        remaining = max(0.0, deadline - (time.monotonic() - started))
+        remaining = deadline - self._wait_for_requests(deadline * _REQUESTS_SHARE)
         _logger.info(
             "asyncbridge: mod_wsgi is stopping this process (%s); draining for at most %.3gs",
-            reason,
+            reason or event,
             remaining,
         )
         self.bridge.shutdown(remaining)
 
-    def _wait_for_requests(self, until: float) -> None:
-        # mod_wsgi's dict of requests in progress in this process (empty when it cannot tell).
+    def _wait_for_requests(self, budget: float) -> float:
+        """Wait up to ``budget`` seconds for requests still running; return the time spent."""
+        # mod_wsgi's dict of the requests in progress in this process (empty if it cannot tell).
         active = getattr(self.mod_wsgi, "active_requests", None)
-        if not isinstance(active, dict):
-            return
+        if not isinstance(active, dict) or not active:
+            return 0.0
+        started = time.monotonic()
+        until = started + budget
         while active and time.monotonic() < until:
             time.sleep(0.01)
+        return min(budget, time.monotonic() - started)

@@ -35,6 +35,7 @@ class Load:
     hold: float = 0.0  # seconds each request holds its worker (see hosts_app)
     answers: list[dict[str, Any]] = field(default_factory=list)
     retries: int = 0
+    unavailable: int = 0  # 503 answers retried: the host had no worker to hand them to
 
     def fire(self, n: int, threads: int = 4, *, retry: bool = False) -> None:
         """Send ``n`` notify requests; each must be answered 200.
@@ -45,11 +46,12 @@ class Load:
             retry: Retry a request whose connection was reset or refused (a host respawning
                 its workers may drop a connection), as a real client would. Whether such a
                 request reached a worker is unknowable, so the workers' reports then count.
+                Also retry a 503 (mod_wsgi while its daemons restart): it never reached the app.
         """
 
-        def one(_: int) -> tuple[dict[str, Any], int]:
-            retries = 0
-            for _attempt in range(100):
+        def one(_: int) -> tuple[dict[str, Any], int, int]:
+            retries = unavailable = 0
+            for _attempt in range(200):
                 try:
                     status, body = http_get(f"{self.base}/notify?hold={self.hold}", timeout=30)
                 except _RETRYABLE:
@@ -58,15 +60,20 @@ class Load:
                     retries += 1
                     time.sleep(0.05)
                     continue
+                if status == 503 and retry:
+                    unavailable += 1
+                    time.sleep(0.05)
+                    continue
                 assert status == 200, body
                 answer: dict[str, Any] = json.loads(body)
-                return answer, retries
-            raise AssertionError(f"no answer from {self.base} within 100 attempts")
+                return answer, retries, unavailable
+            raise AssertionError(f"no answer from {self.base} within 200 attempts")
 
         with ThreadPoolExecutor(threads) as pool:
-            for answer, retries in pool.map(one, range(n)):
+            for answer, retries, unavailable in pool.map(one, range(n)):
                 self.answers.append(answer)
                 self.retries += retries
+                self.unavailable += unavailable
 
     def interleavings(self) -> int:
         """How often the answers came back to an earlier process after another one's.
@@ -127,6 +134,7 @@ class Load:
             "lost": accepted - sink.received,
             "workers": len(workers),
             "retries": self.retries,
+            "unavailable": self.unavailable,
         }
 
 

@@ -7,8 +7,8 @@ requests overlap and a host's processes share the load); ``/stats`` answers this
 
 Every process writes its shutdown report to ``OUT_DIR/report-<pid>.json`` when the core logs it,
 whichever exit path drained (an adapter's hook, ``atexit``, multiprocessing's finalizers, a signal
-handler), with the names of the functions on the stack at that moment, so a test can tell which
-path it was. A process that never drained writes nothing.
+handler), with the functions on the stack at that moment (``file.py:function``), so a test can
+tell which path it was. A process that never drained writes nothing.
 
 Settings come from the environment (``SINK_URL``, ``OUT_DIR``), or, where the host strips the
 environment (Passenger), from ``hosts_app.json`` in the current directory.
@@ -67,7 +67,7 @@ class _ReportFile(logging.Handler):
             elapsed=report.elapsed,
             abandoned=report.abandoned,
             thread=threading.current_thread().name,
-            stack=[frame.name for frame in traceback.extract_stack()],
+            stack=[f"{Path(f.filename).name}:{f.name}" for f in traceback.extract_stack()],
         )
         path = OUT_DIR / f"report-{os.getpid()}.json"
         tmp = path.with_suffix(".tmp")
