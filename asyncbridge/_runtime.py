@@ -106,7 +106,9 @@ class Runtime:
         self.cancelled = 0
         self.dropped_full = 0
         self.dropped_closed = 0
-        self.tasks: set[asyncio.Task[Any]] = set()
+        # Running coroutines, each with the task that runs it (the task's own coroutine is a
+        # wrapper that counts the outcome).
+        self.tasks: dict[Coroutine[Any, Any, Any], asyncio.Task[Any]] = {}
         self.expired: set[asyncio.Task[Any]] = set()
         self.cancelled_names: list[str] = []
         self.idle_waiters: list[Callable[[], object]] = []
@@ -172,16 +174,14 @@ class Runtime:
         """Qualified names of what is still pending or running, for a shutdown that gave up."""
         for _ in range(3):  # the loop may still change the set under us
             try:
-                tasks = [t for t in list(self.tasks) if not t.done()]
+                running = [c for c, t in list(self.tasks.items()) if not t.done()]
                 pending = [item[0] for item in list(self.inbox)]
                 break
             except RuntimeError:
                 continue
         else:
             return ()
-        return tuple(coroutine_name(t.get_coro()) for t in tasks) + tuple(
-            coroutine_name(c) for c in pending
-        )
+        return tuple(coroutine_name(c) for c in running + pending)
 
 
 NOT_STARTED = Runtime(-1)

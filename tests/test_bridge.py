@@ -695,3 +695,30 @@ def test_a_finding_about_an_earlier_wake_up_does_not_make_callers_sleep(
         finally:
             parked.set()
         assert bridge.drain(5)
+
+
+def test_a_blocked_loop_costs_callers_at_most_max_backoffs_per_wake_up(
+    back_off_sleeps: list[float],
+) -> None:
+    # A loop busy with its own work never pulls, however long callers sleep: after
+    # MAX_BACKOFFS back-offs for one wake-up (all callers together) nobody sleeps for it again,
+    # even though the wake-up is overdue by less than GIVE_UP.
+    parked = threading.Event()
+    calls = 5_000
+    with fresh_bridge(max_pending=calls + 10) as bridge:
+        bridge.get_loop().call_soon_threadsafe(parked.wait, 5)  # the loop cannot pull
+        rt = bridge._rt
+        try:
+            bridge.run_soon(sleeper(0))  # queues the wake-up
+            rt.scheduled_at = time.monotonic() - 0.01  # overdue: it looks starved
+            for _ in range(calls - 1):
+                bridge.run_soon(sleeper(0))
+                rt.scheduled_at = min(rt.scheduled_at, time.monotonic() - 0.01)
+            assert back_off_sleeps == [_admission.BACKOFF] * _admission.MAX_BACKOFFS
+            assert not rt.starved
+        finally:
+            parked.set()
+        assert bridge.drain(10)
+        assert rt.backoffs == 0  # the pull starts the count again for the next wake-up
+        stats = bridge.stats()
+        assert stats.accepted == stats.completed == calls

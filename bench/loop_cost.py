@@ -1,0 +1,176 @@
+"""What a burst of no-op jobs costs the whole process, and what a blocked loop costs callers.
+
+Run: ``.venv/bin/python bench/loop_cost.py`` (``--smoke`` for a few-second run).
+
+Two tables, every row measured in the same run, each a median over ``--repeat`` fresh bridges:
+
+* end to end: a burst of N no-op coroutines handed off back to back, from the first hand-off
+  until the last job has finished. ``process CPU per job`` is this process's CPU time
+  (``time.process_time``) over that span divided by N; ``loop CPU per job`` is the loop thread's
+  own CPU time (its ``pthread_getcpuclockid`` clock) over the same span. The naive shape is
+  ``loop.call_soon_threadsafe(loop.create_task, coro)`` on a plain loop in a thread, counting its
+  jobs in a done callback as asyncbridge does.
+* blocked loop: the loop is busy in a callback that waits on an event (its own work, not the
+  GIL), and N calls hand work to it with the core's back-off as it is. ``per call`` is the
+  caller's mean wall time per call, against the floor of creating the coroutines and keeping
+  them alive in a list. A loop that never pulls must not make callers sleep for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from _common import machine, park_loop, print_table, target_line, wait_for
+
+import asyncbridge
+
+
+async def _noop() -> None:
+    return None
+
+
+def _thread_cpu(thread: threading.Thread) -> Callable[[], float]:
+    assert thread.ident is not None
+    clock = time.pthread_getcpuclockid(thread.ident)
+    return lambda: time.clock_gettime(clock)
+
+
+def _asyncbridge_burst(n: int) -> tuple[float, float]:
+    bridge = asyncbridge.Bridge(max_pending=n + 10, max_concurrency=None)
+    bridge.start()
+    loop_thread = bridge._rt.thread
+    assert loop_thread is not None
+    loop_cpu = _thread_cpu(loop_thread)
+    coros = [_noop() for _ in range(n)]
+    gc.collect()
+    run_soon = bridge.run_soon
+    cpu0, loop0 = time.process_time(), loop_cpu()
+    for coro in coros:
+        run_soon(coro)
+    wait_for(lambda: bridge.stats().completed == n, 60, "the burst to finish")
+    cpu, loop = time.process_time() - cpu0, loop_cpu() - loop0
+    report = bridge.shutdown(5, log=False)
+    assert report.stats.completed == n, report
+    return cpu / n * 1e6, loop / n * 1e6
+
+
+def _naive_burst(n: int) -> tuple[float, float]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    wait_for(loop.is_running, 10, "the naive loop to start")
+    loop_cpu = _thread_cpu(thread)
+    done = [0]
+    tasks: set[asyncio.Task[Any]] = set()
+
+    def finished(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        done[0] += 1
+
+    def start(coro: Coroutine[Any, Any, Any]) -> None:
+        task = loop.create_task(coro)
+        tasks.add(task)
+        task.add_done_callback(finished)
+
+    coros = [_noop() for _ in range(n)]
+    gc.collect()
+    call = loop.call_soon_threadsafe
+    cpu0, loop0 = time.process_time(), loop_cpu()
+    for coro in coros:
+        call(start, coro)
+    wait_for(lambda: done[0] == n, 60, "the naive burst to finish")
+    cpu, spent = time.process_time() - cpu0, loop_cpu() - loop0
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+    return cpu / n * 1e6, spent / n * 1e6
+
+
+def _floor(n: int) -> float:
+    gc.collect()
+    start = time.perf_counter()
+    kept = [_noop() for _ in range(n)]
+    elapsed = time.perf_counter() - start
+    for coro in kept:
+        coro.close()
+    return elapsed / n * 1e6
+
+
+def _blocked_burst(n: int) -> float:
+    bridge = asyncbridge.Bridge(max_pending=n + 10)
+    release = park_loop(bridge.get_loop())
+    try:
+        coros = [_noop() for _ in range(n)]
+        gc.collect()
+        run_soon = bridge.run_soon
+        start = time.perf_counter()
+        for coro in coros:
+            run_soon(coro)
+        elapsed = time.perf_counter() - start
+    finally:
+        release()
+    # Creating the coroutines is part of the floor, so it is part of this row too.
+    per_call = elapsed / n * 1e6 + _floor(n)
+    report = bridge.shutdown(10, log=False)
+    assert report.stats.completed == n, report
+    return per_call
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--burst", type=int, default=50_000, help="jobs per burst")
+    parser.add_argument("--repeat", type=int, default=5, help="fresh runs per row (median)")
+    parser.add_argument("--smoke", action="store_true", help="a quick run that checks the rows")
+    args = parser.parse_args(argv)
+    n, repeat = (2_000, 1) if args.smoke else (args.burst, args.repeat)
+    print(f"# loop_cost: {machine()}; burst {n}, median of {repeat}")
+
+    ours = [_asyncbridge_burst(n) for _ in range(repeat)]
+    naive = [_naive_burst(n) for _ in range(repeat)]
+    ours_cpu = statistics.median(c for c, _ in ours)
+    ours_loop = statistics.median(lp for _, lp in ours)
+    naive_cpu = statistics.median(c for c, _ in naive)
+    naive_loop = statistics.median(lp for _, lp in naive)
+    print_table(
+        "End to end: CPU per no-op job, first hand-off to last job done",
+        ["hand-off", "process CPU per job us", "loop CPU per job us", "naive / this (process)"],
+        [
+            ["asyncbridge run_soon", ours_cpu, ours_loop, naive_cpu / ours_cpu],
+            ["call_soon_threadsafe(create_task)", naive_cpu, naive_loop, 1.0],
+        ],
+    )
+
+    floor = statistics.median(_floor(n) for _ in range(repeat))
+    blocked = statistics.median(_blocked_burst(n) for _ in range(repeat))
+    print_table(
+        "A burst against a loop blocked by its own work (back-off as it is)",
+        ["row", "per call us", "/ floor"],
+        [
+            ["floor: create the coroutines, keep them alive", floor, 1.0],
+            ["asyncbridge run_soon, loop blocked", blocked, blocked / floor],
+        ],
+    )
+    print()
+    target_line(
+        "end to end: naive / asyncbridge process CPU per job",
+        naive_cpu / ours_cpu,
+        ">=",
+        3.0,
+        f"{ours_cpu:.2f} vs {naive_cpu:.2f} us",
+    )
+    target_line("end to end: asyncbridge loop CPU per job, us", ours_loop, "<=", 6.0, "loop share")
+    target_line("blocked loop: run_soon per call / floor", blocked / floor, "<=", 3.0, "callers")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
