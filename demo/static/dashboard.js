@@ -106,6 +106,7 @@ function shadeInline(u) {
   ctx.clip();
   ctx.font = `${Math.round(11 * devicePixelRatio)}px system-ui, sans-serif`;
   ctx.textBaseline = "top";
+  ctx.textAlign = "left";
   let previous = null;
   for (const p of state.series) {
     if (p.mode === "inline") {
