@@ -81,6 +81,11 @@ def make_room(rt: Runtime, coro: Coroutine[Any, Any, Any], *, raise_full: bool =
                 else:
                     if not rt.closed:
                         return True
+            except BaseException:
+                # Interrupted while waiting (KeyboardInterrupt, a signal handler's SystemExit):
+                # the coroutine was not accepted; refuse it properly before the error goes on.
+                drop(rt, coro, "full", warn=False)
+                raise
             finally:
                 rt.room_waiters -= 1
         if rt.closed:  # shutdown began while we waited

@@ -722,3 +722,27 @@ def test_a_blocked_loop_costs_callers_at_most_max_backoffs_per_wake_up(
         assert rt.backoffs == 0  # the pull starts the count again for the next wake-up
         stats = bridge.stats()
         assert stats.accepted == stats.completed == calls
+
+
+def test_an_interrupted_wait_for_room_refuses_the_coroutine_and_counts_it() -> None:
+    # A KeyboardInterrupt raised while run_soon(on_full="block") waits for room: the coroutine
+    # was never accepted, so it is closed (no "never awaited" warning under -W error) and
+    # counted as dropped, and the interruption reaches the caller.
+    with fresh_bridge(max_pending=1, on_full="block", block_timeout=30) as bridge:
+        assert bridge.run_soon(sleeper(0.5))
+        interrupt = threading.Timer(0.1, _thread_interrupt_main)
+        interrupt.start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            bridge.run_soon(sleeper(0))
+        assert time.monotonic() - started < 5
+        interrupt.join()
+        assert bridge.drain(5)
+        stats = bridge.stats()
+        assert (stats.accepted, stats.completed, stats.dropped["full"]) == (1, 1, 1)
+
+
+def _thread_interrupt_main() -> None:
+    import _thread
+
+    _thread.interrupt_main()
