@@ -11,7 +11,9 @@ handler), with the functions on the stack at that moment (``file.py:function``),
 tell which path it was. A process that never drained writes nothing.
 
 Settings come from the environment (``SINK_URL``, ``OUT_DIR``), or, where the host strips the
-environment (Passenger), from ``hosts_app.json`` in the current directory.
+environment (Passenger), from ``hosts_app.json`` in the current directory. For a control run,
+``HOSTS_APP_NO_MULTIPROCESSING_DRAIN=1`` cancels the core's drain in multiprocessing's
+finalizers once the loop has started, as if the core had only its ``atexit`` fallback.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def settings() -> dict[str, str]:
 
 
 _SETTINGS = settings()
+_NO_MP_DRAIN = os.environ.get("HOSTS_APP_NO_MULTIPROCESSING_DRAIN") == "1"
+_mp_drain_cancelled: int | None = None  # the PID where it was done
 SINK_URL = _SETTINGS["SINK_URL"]
 OUT_DIR = Path(_SETTINGS["OUT_DIR"])
 _counter = itertools.count()
@@ -91,6 +95,21 @@ def _setup_logging() -> None:
 _setup_logging()
 
 
+def _cancel_multiprocessing_drain() -> None:
+    global _mp_drain_cancelled
+    with _count_lock:
+        if _mp_drain_cancelled == os.getpid():
+            return
+        _mp_drain_cancelled = os.getpid()
+        util = sys.modules.get("multiprocessing.util")
+        registry: dict[Any, Any] = getattr(util, "_finalizer_registry", {})
+        for finalizer in list(registry.values()):
+            callback = getattr(finalizer, "_callback", None)
+            if getattr(callback, "__module__", "").startswith("asyncbridge"):
+                finalizer.cancel()
+                print(f"app[{os.getpid()}] control: cancelled {callback}", file=sys.stderr)
+
+
 async def notify(event_id: str) -> None:
     await asyncbridge.aiohttp.post_json(SINK_URL, {"id": event_id})
 
@@ -101,6 +120,8 @@ def application(environ: dict[str, Any], start_response: _Start) -> Iterable[byt
         with _count_lock:  # some hosts run requests on several threads
             event_id = f"{os.getpid()}-{next(_counter)}"
         accepted = asyncbridge.run_soon(notify(event_id))
+        if _NO_MP_DRAIN:
+            _cancel_multiprocessing_drain()
         hold = urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("hold")
         if hold:
             time.sleep(float(hold[0]))
