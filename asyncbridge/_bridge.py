@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine
 from types import CoroutineType
 from typing import Any, TypeVar
 
-from . import _admission, _forkmark
+from . import _admission, _forkmark, _publish, _watchdog
 from ._admission import drop as _drop
 from ._admission import make_room as _make_room
 from ._config import Options, options_from_env
@@ -92,6 +92,8 @@ class Bridge:
         # per process too, so that a signal handler re-entering it can tell.
         self._lifecycle_locks: dict[int, threading.Lock] = {}
         self._lifecycle_owner: dict[int, threading.Thread] = {}
+        # Reentrant, and only ever held for a few assignments: a signal handler may configure.
+        self._config_lock = threading.RLock()
         self._deferred: list[Callable[[], object]] = []
         _BRIDGES.add(self)
 
@@ -101,6 +103,8 @@ class Bridge:
         self._max_pending = self._options.max_pending
         if self._rt is not NOT_STARTED:
             self._rt.options = self._options  # the loop side reads the options from its runtime
+            if self._rt.pid == _getpid():
+                _watchdog.watch_runtime(self._rt)  # stall_warning may have been turned on
 
     @property
     def options(self) -> Options:
@@ -131,9 +135,10 @@ class Bridge:
             TypeError: An unknown option, or a value of the wrong type.
             ValueError: A value out of range.
         """
-        self._options = self._options.updated(options)
-        self._explicit.update(options)
-        self._apply()
+        with self._config_lock:  # two threads configuring at once must not lose either change
+            self._options = self._options.updated(options)
+            self._explicit.update(options)
+            self._apply()
 
     # -- the hand-off (hot path) ---------------------------------------------------------------
 
@@ -451,7 +456,10 @@ class Bridge:
             if rt.loop is None:
                 rt.report = ShutdownReport(rt.snapshot(), elapsed=0.0, timeout=deadline_s)
                 return rt.report
+            _publish.draining(rt)
             rt.report = report = drain_runtime(rt, started, deadline_s)
+            _watchdog.unwatch_runtime(rt)
+            _publish.drained(rt, report.abandoned)
         finally:
             del self._lifecycle_owner[pid]
             lock.release()
@@ -531,6 +539,8 @@ class Bridge:
             raise
         rt.here = _forkmark.fork_marker()
         self._rt = rt  # published last: other threads see a runtime with its loop running
+        _publish.attach(rt)  # before the watchdog, which reports stalls through it
+        _watchdog.watch_runtime(rt)
         _drain_before_multiprocessing_exit()
         return rt
 
@@ -542,6 +552,8 @@ class Bridge:
         return Runtime(pid, self._options)
 
     def _forget_inherited(self) -> None:
+        # A parent thread may have held it at the fork; no thread of the child ever will.
+        self._config_lock = threading.RLock()
         rt = self._rt
         if rt.pid not in (-1, _getpid()):
             orphan(rt)

@@ -27,4 +27,6 @@ def call_hook(hook: Callable[..., object], what: str, *args: object) -> None:
     try:
         hook(*args)
     except Exception:
-        logger.exception("asyncbridge %s hook %r raised; ignored", what, hook)
+        # The hook's name, not its repr: a functools.partial's repr shows the arguments bound
+        # to it, which may be credentials.
+        logger.exception("asyncbridge %s hook %s raised; ignored", what, coroutine_name(hook))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 
@@ -127,3 +128,43 @@ def test_the_environment_is_read_again_when_the_loop_starts(
         assert (o.max_pending, o.drain_timeout, o.task_timeout) == (7, 3.0, 4.0)
     finally:
         bridge.shutdown(1)
+
+
+def test_concurrent_configure_calls_lose_no_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Four threads each set a different option at the same moment. Computing the new options is
+    # slowed down so that, without a lock, every thread would read the same old options and the
+    # last writer would undo the other three.
+    import threading
+    import time
+
+    from asyncbridge import Bridge, Options
+
+    bridge = Bridge()
+    original = Options.updated
+
+    def slow(self: Options, changes: Any) -> Options:
+        new = original(self, changes)
+        time.sleep(0.02)
+        return new
+
+    monkeypatch.setattr(Options, "updated", slow)
+    changes: list[dict[str, Any]] = [
+        {"max_pending": 1234},
+        {"block_timeout": 2.0},
+        {"drain_timeout": 3.0},
+        {"task_timeout": 4.0},
+    ]
+    barrier = threading.Barrier(len(changes))
+
+    def work(change: dict[str, Any]) -> None:
+        barrier.wait(5)
+        bridge.configure(**change)
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in changes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    o = bridge.options
+    got = (o.max_pending, o.block_timeout, o.drain_timeout, o.task_timeout)
+    assert got == (1234, 2.0, 3.0, 4.0)
