@@ -979,3 +979,1317 @@ def test_max_concurrency_1_with_max_pending_1_and_block_runs_everything_in_order
     assert c["completed"] == 50 and c["dropped_full"] == 0 and balanced(c), c
     for k, seen in v["per_producer"].items():
         assert seen == list(range(10)), (k, seen)  # each thread's hand-offs run in its order
+
+
+# ---------------------------------------------------------------------------------------------
+# Values at the edges of their types, from the environment
+# ---------------------------------------------------------------------------------------------
+
+# (id, variable, raw value, expectation): "refused" (a ValueError or TypeError naming the variable,
+# at import or at the first hand-off), "either" (refused so, or applied and the bridge works), or
+# ("applied", option, repr of the value in force).
+ENV_EDGES: list[tuple[str, str, str, Any]] = [
+    ("max_pending=0", "MAX_PENDING", "0", "refused"),
+    ("max_pending=-1", "MAX_PENDING", "-1", "refused"),
+    ("max_pending=1e309", "MAX_PENDING", "1e309", "refused"),
+    ("max_pending=nan", "MAX_PENDING", "nan", "refused"),
+    ("max_pending=true", "MAX_PENDING", "true", "refused"),
+    ("max_pending=5000-digits", "MAX_PENDING", "9" * 5000, "either"),
+    ("max_pending=10**30", "MAX_PENDING", "1" + "0" * 30, ("applied", "max_pending", repr(10**30))),
+    ("max_pending=whitespace", "MAX_PENDING", " \t7\n", ("applied", "max_pending", "7")),
+    ("max_pending=empty", "MAX_PENDING", "", "either"),
+    ("max_concurrency=None", "MAX_CONCURRENCY", "None", ("applied", "max_concurrency", "None")),
+    ("max_concurrency=0", "MAX_CONCURRENCY", "0", "refused"),
+    ("max_concurrency=False", "MAX_CONCURRENCY", "False", "refused"),
+    ("on_full=BLOCK", "ON_FULL", "  BLOCK ", ("applied", "on_full", "'block'")),
+    ("on_full=1", "ON_FULL", "1", "refused"),
+    ("drain_timeout=inf", "DRAIN_TIMEOUT", "inf", "either"),
+    ("drain_timeout=nan", "DRAIN_TIMEOUT", "nan", "refused"),
+    ("drain_timeout=-0", "DRAIN_TIMEOUT", "-0", ("applied", "drain_timeout", "0.0")),
+    ("drain_timeout=-1", "DRAIN_TIMEOUT", "-1", "refused"),
+    ("drain_timeout=1e10", "DRAIN_TIMEOUT", "1e10", "either"),
+    ("block_timeout=1e300", "BLOCK_TIMEOUT", "1e300", ("applied", "block_timeout", "1e+300")),
+    ("task_timeout=5e-324", "TASK_TIMEOUT", "5e-324", ("applied", "task_timeout", "5e-324")),
+    ("task_timeout=0", "TASK_TIMEOUT", "0", "refused"),
+    ("task_timeout=inf", "TASK_TIMEOUT", "inf", "either"),
+    ("loop_factory=os.getpid", "LOOP_FACTORY", "os.getpid", "refused"),
+    ("loop_factory=missing", "LOOP_FACTORY", "no_such_module_xyz.new_loop", "refused"),
+]
+
+ENV_CHILD = """
+stage = "import"
+got = {}
+try:
+    import asyncbridge
+    b = asyncbridge.default_bridge()
+    stage = "run_soon"
+    got["run_soon"] = asyncbridge.run_soon(quick())  # completes even under a tiny task_timeout
+    o = b.options
+    got["options"] = {name: repr(getattr(o, name)) for name in (
+        "max_pending", "max_concurrency", "on_full", "block_timeout", "drain_timeout",
+        "task_timeout")}
+    stage = "drain"
+    got["idle"] = b.drain(3)
+    stage = "shutdown"
+    got["report"] = info(asyncbridge.shutdown())
+except BaseException as exc:
+    got["error"] = err(exc)
+    got["stage"] = stage
+gc.collect()
+verdict(**got)
+"""
+
+for _id, _var, _raw, _expected in ENV_EDGES:
+    CASES[f"test_an_environment_value_at_the_edge_is_refused_by_name_or_applied_sanely[{_id}]"] = (
+        Case(ENV_CHILD, 15.0, {f"ASYNCBRIDGE_{_var}": _raw})
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "expected"),
+    [pytest.param(f"ASYNCBRIDGE_{var}", exp, id=i) for i, var, _, exp in ENV_EDGES],
+)
+def test_an_environment_value_at_the_edge_is_refused_by_name_or_applied_sanely(
+    request: pytest.FixtureRequest, outcome: Outcome, variable: str, expected: Any
+) -> None:
+    require_finished(outcome, CASES[request.node.name])
+    v = outcome.verdict
+    assert_quiet(outcome)  # a refused hand-off closed its coroutine: no "never awaited"
+    if "error" in v:
+        assert expected in ("refused", "either"), v
+        assert v["error"]["type"] in ("ValueError", "TypeError"), v
+        assert v["stage"] in ("import", "run_soon"), v  # refused up front, not mid-way
+        assert variable in v["error"]["msg"] or (
+            variable == "ASYNCBRIDGE_LOOP_FACTORY" and "loop_factory" in v["error"]["msg"]
+        ), v
+        assert v["error"]["msg_len"] < 1000, v["error"]["msg_len"]
+        return
+    assert expected != "refused", f"{variable} was accepted: {v}"
+    assert v["run_soon"] is True and v["idle"] is True, v
+    assert v["report"]["clean"] and v["report"]["counts"]["completed"] == 1, v
+    if isinstance(expected, tuple):
+        _, option, value = expected
+        assert v["options"][option] == value, v["options"]
+        if option == "drain_timeout":
+            assert "(deadline 0s)" in v["report"]["text"], v["report"]["text"]
+
+
+@child(
+    """
+    import asyncbridge
+    from asyncbridge import Bridge
+    b = Bridge()
+    os.environ["ASYNCBRIDGE_MAX_PENDING"] = "0"  # set after import, as gunicorn's raw_env does
+    try:
+        first = {"returned": b.run_soon(nap(0.01))}
+    except BaseException as exc:
+        first = {"error": err(exc)}
+    gc.collect()
+    os.environ["ASYNCBRIDGE_MAX_PENDING"] = "5"
+    second = b.run_soon(nap(0.01))
+    verdict(first=first, second=second, idle=b.drain(3), max_pending=b.options.max_pending,
+            counts=counts(b.stats()))
+    """,
+    timeout=15,
+)
+def test_a_bad_environment_value_set_after_import_fails_the_first_hand_off_clearly(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    assert v["first"].get("error", {}).get("type") == "ValueError", v
+    assert "ASYNCBRIDGE_MAX_PENDING" in v["first"]["error"]["msg"], v
+    assert v["second"] is True and v["idle"] is True and v["max_pending"] == 5, v
+    assert v["counts"]["accepted"] == v["counts"]["completed"] == 1, v
+    assert_quiet(outcome)  # the refused coroutine was closed
+
+
+# ---------------------------------------------------------------------------------------------
+# Objects whose names and reprs misbehave
+# ---------------------------------------------------------------------------------------------
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    errors = []
+    b = Bridge(max_concurrency=1, on_error=lambda exc, name: errors.append(name))
+    b.run_soon(Shady(boom(), qualname=RuntimeError("qualname trap")))
+    b.run_soon(Shady(boom(), qualname=42))
+    for _ in range(3):
+        b.run_soon(nap(0.01))
+    idle = b.drain(3)
+    verdict(idle=idle, counts=counts(b.stats()), errors=errors,
+            failures=[msg for _, _, msg, _ in RECORDS if "failed" in msg])
+    """,
+    timeout=15,
+)
+def test_a_coroutine_whose_qualname_raises_or_is_not_a_string_is_run_counted_and_named_by_type(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    c = v["counts"]
+    assert v["idle"] is True, v
+    assert (c["failed"], c["completed"]) == (2, 3) and balanced(c), c
+    assert v["errors"] == ["Shady", "Shady"], v
+    assert len(v["failures"]) == 2 and all("Shady" in m for m in v["failures"]), v
+    assert_quiet(outcome)
+
+
+@child(
+    """
+    from asyncbridge import Bridge, BacklogFull
+    dropped = []
+    b = Bridge(max_pending=2, on_drop=lambda name, reason: dropped.append((name, reason)))
+    trap = RuntimeError("qualname trap")
+    accepted = [b.run_soon(Shady(forever(), qualname=trap)) for _ in range(2)]
+    try:
+        third = b.run_soon(Shady(forever(), qualname=trap))
+    except BaseException as exc:
+        third = err(exc)
+    try:
+        b.submit(Shady(forever(), qualname=trap))
+        fourth = "accepted"
+    except BacklogFull:
+        fourth = "BacklogFull"
+    except BaseException as exc:
+        fourth = err(exc)
+    r = b.shutdown(0.3)
+    gc.collect()
+    verdict(accepted=accepted, third=third, fourth=fourth, dropped=dropped, report=info(r))
+    """,
+    timeout=15,
+)
+def test_a_coroutine_whose_qualname_raises_can_be_dropped_and_cancelled_with_counts_intact(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    r = v["report"]
+    assert v["accepted"] == [True, True], v
+    assert v["third"] is False, v
+    assert v["fourth"] == "BacklogFull", v
+    assert v["dropped"] == [["Shady", "full"], ["Shady", "full"]], v
+    assert r["counts"]["cancelled"] == 2 and r["cancelled_names"] == ["Shady", "Shady"], r
+    assert r["counts"]["dropped_full"] == 2 and balanced(r["counts"]), r
+    assert_quiet(outcome)
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    FORGED = "job\\nCRITICAL root FORGED line\\r\\x1b[2J"
+
+    def named(coro):
+        coro.__qualname__ = FORGED
+        return coro
+
+    b = Bridge(max_pending=3, task_timeout=0.3)
+    b.run_soon(named(boom()))  # failed
+    b.run_soon(named(nap(5)))  # timed out
+    b.run_soon(named(forever()))  # cancelled at the deadline (set later)
+    time.sleep(0.05)
+    b.run_soon(named(forever()))  # full: dropped
+    time.sleep(0.5)
+    b.configure(task_timeout=None)
+    b.run_soon(named(forever()))
+    r = b.shutdown(0.2)
+    b.run_soon(named(quick()))  # closed: dropped
+    gc.collect()
+    verdict(report=info(r))
+    """,
+    timeout=15,
+)
+def test_a_qualname_with_newlines_and_control_characters_never_forges_a_log_line(
+    outcome: Outcome,
+) -> None:
+    ours = [r for r in outcome.logs if r["logger"].startswith("asyncbridge")]
+    assert len(ours) >= 4, ours  # failed, timed out, dropped, report at least
+    forged = [r["msg"] for r in ours if r["multiline_msg"] or "\x1b" in r["msg"]]
+    assert not forged, forged
+    assert not outcome.verdict["report"]["text_multiline"], outcome.verdict["report"]
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    HUGE = "n" * 1_000_000
+
+    def named(coro):
+        coro.__qualname__ = HUGE
+        return coro
+
+    b = Bridge(max_pending=2)
+    b.run_soon(named(boom()))
+    b.run_soon(named(forever()))
+    b.run_soon(named(forever()))
+    time.sleep(0.1)
+    b.run_soon(named(forever()))  # full: dropped
+    r = b.shutdown(0.2)
+    gc.collect()
+    ours = [len(msg) for _, name, msg, _ in RECORDS if name.startswith("asyncbridge")]
+    verdict(report=info(r), lengths=ours)
+    """,
+    timeout=15,
+)
+def test_a_huge_qualname_is_shortened_in_every_log_line_and_in_the_report(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    assert len(v["lengths"]) >= 3, v["lengths"]
+    assert max(v["lengths"]) < 4000, v["lengths"]
+    assert v["report"]["text_len"] < 4000, v["report"]["text_len"]
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    SECRET = "SECRET-REPR-7f3a"
+
+    async def sleeps_blocking():
+        time.sleep(2.5)
+
+    def shady(inner):
+        return Shady(inner, qualname="clean_job", rep=SECRET)
+
+    b = Bridge(max_pending=4, task_timeout=0.3)
+    b.run_soon(shady(boom()))  # failed
+    b.run_soon(shady(nap(5)))  # timed out
+    time.sleep(0.5)
+    b.configure(task_timeout=None)
+    b.run_soon(shady(forever()))  # cancelled at the deadline
+    b.run_soon(shady(forever()))
+    b.run_soon(shady(forever()))
+    b.run_soon(shady(forever()))
+    b.run_soon(shady(forever()))  # full: dropped
+    r1 = b.shutdown(0.2)
+    b.run_soon(shady(quick()))  # closed: dropped
+    b2 = Bridge()
+    b2.run_soon(shady(sleeps_blocking()))  # abandoned: it blocks the loop
+    time.sleep(0.1)
+    r2 = b2.shutdown(0.2)
+    gc.collect()
+    verdict(leaked=logs_contain(SECRET), r1=info(r1), r2=info(r2))
+    """,
+    timeout=15,
+    env={"PYTHONASYNCIODEBUG": "1"},
+)
+def test_a_coroutine_repr_carrying_a_secret_never_reaches_the_logs_on_any_path(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    assert v["leaked"] is False, outcome.log_lines("SECRET-REPR")
+    assert "SECRET-REPR" not in outcome.stderr, outcome.stderr[-2000:]
+    assert v["r1"]["cancelled_names"] == ["clean_job"] * 4, v["r1"]
+    assert v["r2"]["abandoned"] == 1, v["r2"]
+    assert "clean_job" in v["r2"]["text"], v["r2"]  # named by qualname instead
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    SECRET = "SECRET-HOOK-TOKEN-91c"
+
+    def alert(exc, name, token):
+        raise RuntimeError("alert failed")
+
+    class Alerter:
+        def __init__(self, token):
+            self.token = token
+
+        def __repr__(self):
+            return f"Alerter(token={self.token!r})"
+
+        def on_drop(self, name, reason):
+            raise RuntimeError("drop alert failed")
+
+    b = Bridge(max_pending=1, on_error=functools.partial(alert, token=SECRET),
+               on_drop=Alerter(SECRET).on_drop)
+    b.run_soon(boom())
+    b.drain(2)
+    b.run_soon(forever())
+    b.run_soon(forever())  # full: dropped, on_drop raises
+    b.shutdown(0.2)
+    gc.collect()
+    hook_lines = [msg for _, _, msg, _ in RECORDS if "hook" in msg]
+    verdict(leaked=logs_contain(SECRET), hook_lines=hook_lines)
+    """,
+    timeout=15,
+)
+def test_a_hook_whose_repr_carries_a_secret_is_named_without_it_when_it_raises(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    assert v["leaked"] is False, outcome.log_lines("SECRET-HOOK")
+    assert any("on_error" in line for line in v["hook_lines"]), v
+    assert any("on_drop" in line for line in v["hook_lines"]), v
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+
+    class Hostile:
+        def __call__(self, *args):
+            raise ValueError("hook failed")
+
+        def __repr__(self):
+            raise RuntimeError("repr trap")
+
+    b = Bridge(max_pending=1, on_error=Hostile(), on_drop=Hostile())
+    b.run_soon(boom())
+    b.drain(2)
+    b.run_soon(forever())
+    b.run_soon(forever())  # dropped
+    r = b.shutdown(0.2)
+    hook_lines = [msg for _, _, msg, _ in RECORDS if "hook" in msg]
+    verdict(hook_lines=hook_lines, report=info(r))
+    """,
+    timeout=15,
+)
+def test_a_hook_whose_repr_raises_still_gets_its_failure_logged(outcome: Outcome) -> None:
+    v = outcome.verdict
+    assert_quiet(outcome)  # no "--- Logging error ---": the line was formatted
+    assert any("on_error" in line and "Hostile" in line for line in v["hook_lines"]), v
+    assert any("on_drop" in line and "Hostile" in line for line in v["hook_lines"]), v
+    assert balanced(v["report"]["counts"]), v
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    out = {}
+    for kind in (SystemExit, KeyboardInterrupt):
+        def on_error(exc, name, kind=kind):
+            raise kind("from a hook")
+        b = Bridge(max_concurrency=1, on_error=on_error)
+        for _ in range(5):
+            b.run_soon(boom())
+        for _ in range(3):
+            b.run_soon(nap(0.01))
+        idle = b.drain(3)
+        later = b.run_soon(nap(0.01))
+        out[kind.__name__] = {"idle": idle, "later": later, "idle_later": b.drain(2),
+                              "counts": counts(b.stats())}
+        b.shutdown(1)
+    verdict(**out)
+    """,
+    timeout=20,
+)
+def test_an_on_error_hook_raising_systemexit_or_keyboardinterrupt_never_stalls_the_backlog(
+    outcome: Outcome,
+) -> None:
+    for kind in ("SystemExit", "KeyboardInterrupt"):
+        got = outcome.verdict[kind]
+        c = got["counts"]
+        assert got["idle"] is True and got["later"] is True and got["idle_later"] is True, got
+        assert (c["failed"], c["completed"]) == (5, 4) and c["loop_running"], (kind, c)
+        assert balanced(c), c
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+
+    class Hostile:
+        def __call__(self):
+            pass
+
+        def __getattr__(self, name):
+            raise RuntimeError(f"hostile {name}")
+
+    def plain():
+        pass
+
+    plain.__qualname__ = "p" * 1_000_000
+    b = Bridge()
+    out = {}
+    for label, obj in (("hostile", Hostile()), ("huge-name", plain)):
+        for api in ("run_soon", "submit", "run"):
+            try:
+                getattr(b, api)(obj)
+                out[f"{api}-{label}"] = "accepted"
+            except BaseException as exc:
+                out[f"{api}-{label}"] = err(exc)
+    verdict(**out)
+    """,
+    timeout=15,
+)
+def test_a_non_coroutine_with_hostile_or_huge_names_gets_a_short_typeerror_naming_its_type(
+    outcome: Outcome,
+) -> None:
+    for key, got in outcome.verdict.items():
+        assert got != "accepted", key
+        assert got["type"] == "TypeError", (key, got)
+        assert got["msg_len"] < 2000, (key, got["msg_len"])
+        if key.endswith("hostile"):
+            assert "Hostile" in got["msg"], (key, got)
+
+
+# ---------------------------------------------------------------------------------------------
+# KeyboardInterrupt inside a blocking call
+# ---------------------------------------------------------------------------------------------
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    b = Bridge()
+    interrupt_main_after(0.2)
+    try:
+        b.run(nap(5))
+        got = "returned"
+    except KeyboardInterrupt:
+        got = "KeyboardInterrupt"
+    time.sleep(0.3)
+    verdict(got=got, counts=counts(b.stats()))
+    """,
+    timeout=15,
+)
+def test_ctrl_c_in_run_reaches_the_caller_and_cancels_the_coroutine(outcome: Outcome) -> None:
+    v = outcome.verdict
+    c = v["counts"]
+    assert v["got"] == "KeyboardInterrupt", v
+    assert (c["running"], c["cancelled"]) == (0, 1) and balanced(c), c
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    b = Bridge()
+    future = b.submit(nap(0.8, 7))
+    interrupt_main_after(0.2)
+    try:
+        future.result()
+        got = "returned"
+    except KeyboardInterrupt:
+        got = "KeyboardInterrupt"
+    later = b.run_soon(nap(0.01))
+    r = b.shutdown(3)
+    verdict(got=got, later=later, result=future.result(0), report=info(r))
+    """,
+    timeout=15,
+)
+def test_ctrl_c_in_a_submitted_futures_result_leaves_the_bridge_consistent(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    r = v["report"]
+    assert v["got"] == "KeyboardInterrupt" and v["later"] is True and v["result"] == 7, v
+    assert r["counts"]["completed"] == 2 and r["clean"] and balanced(r["counts"]), r
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    b = Bridge(max_pending=1, on_full="block", block_timeout=5)
+    b.run_soon(forever())
+    got = {}
+    for api in ("run_soon", "submit"):
+        interrupt_main_after(0.2)
+        t0 = time.monotonic()
+        try:
+            getattr(b, api)(forever())
+            got[api] = "returned"
+        except KeyboardInterrupt:
+            got[api] = "KeyboardInterrupt"
+        got[api + "_seconds"] = time.monotonic() - t0
+    gc.collect()
+    s = b.stats()
+    verdict(got=got, counts=counts(s))
+    """,
+    timeout=20,
+)
+def test_ctrl_c_while_waiting_for_room_reaches_the_caller_and_closes_and_counts_the_coroutine(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    c = v["counts"]
+    assert v["got"]["run_soon"] == v["got"]["submit"] == "KeyboardInterrupt", v
+    assert v["got"]["run_soon_seconds"] < 1.5 and v["got"]["submit_seconds"] < 1.5, v
+    # Three hand-offs: one accepted, two interrupted; each accepted or dropped, none lost.
+    assert c["accepted"] + c["dropped_full"] + c["dropped_closed"] == 3, c
+    assert balanced(c), c
+    assert_quiet(outcome)  # no "coroutine was never awaited"
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    b = Bridge()
+    b.run_soon(nap(0.8))
+    interrupt_main_after(0.2)
+    try:
+        first = b.drain(5)
+    except KeyboardInterrupt:
+        first = "KeyboardInterrupt"
+    later = b.run_soon(nap(0.01))
+    t0 = time.monotonic()
+    second = b.drain(3)
+    verdict(first=first, second=second, seconds=time.monotonic() - t0, later=later,
+            counts=counts(b.stats()))
+    """,
+    timeout=15,
+)
+def test_ctrl_c_in_drain_reaches_the_caller_and_a_later_drain_works(outcome: Outcome) -> None:
+    v = outcome.verdict
+    assert v["first"] == "KeyboardInterrupt" and v["second"] is True and v["later"] is True, v
+    assert v["counts"]["completed"] == 2 and balanced(v["counts"]), v
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    b = Bridge()
+    b.run_soon(nap(0.8))
+    interrupt_main_after(0.2)
+    try:
+        first = info(b.shutdown(5))
+    except KeyboardInterrupt:
+        first = "KeyboardInterrupt"
+    t0 = time.monotonic()
+    second = info(b.shutdown(3))
+    verdict(first=first, second=second, seconds=time.monotonic() - t0,
+            after=counts(b.stats()))
+    """,
+    timeout=15,
+)
+def test_ctrl_c_in_shutdown_then_shutdown_again_finishes_the_drain_with_one_true_report(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    second = v["second"]
+    assert second["counts"]["completed"] == 1 and second["final"] is not False, second
+    assert v["seconds"] < 3 + 1.5, v
+    assert v["after"]["loop_running"] is False and balanced(v["after"]), v
+    assert len(report_lines(outcome)) == 1, report_lines(outcome)
+
+
+# ---------------------------------------------------------------------------------------------
+# A stray loop.stop()
+# ---------------------------------------------------------------------------------------------
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    b = Bridge()
+
+    async def stopper():
+        asyncio.get_running_loop().stop()
+
+    b.run_soon(stopper())
+    time.sleep(0.3)
+    later = b.run_soon(nap(0.05))
+    time.sleep(0.5)
+    res = {}
+
+    def runner():
+        try:
+            res["value"] = b.run(nap(0.05, 5))
+        except BaseException as exc:
+            res["error"] = err(exc)
+
+    t = threading.Thread(target=runner, daemon=True)
+    t.start()
+    t.join(3)
+    loud = [msg for level, name, msg, _ in RECORDS
+            if name.startswith("asyncbridge") and level in ("WARNING", "ERROR", "CRITICAL")]
+    verdict(later=later, run_finished=not t.is_alive(), res=res, counts=counts(b.stats()),
+            loud=loud)
+    """,
+    timeout=15,
+)
+def test_a_stray_loop_stop_is_logged_and_later_hand_offs_run_or_are_refused_never_lost(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    c = v["counts"]
+    assert any("stop" in msg for msg in v["loud"]), v["loud"]
+    assert v["run_finished"], "run() without a timeout blocked after a stray loop.stop()"
+    if v["later"]:
+        assert c["completed"] >= 2, c  # the stopper and the later job both ran
+    else:
+        assert c["dropped_closed"] >= 1, c
+    assert "value" in v["res"] or v["res"]["error"]["type"] in ("BridgeClosed",), v
+    assert balanced(c), c
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    b = Bridge()
+    done = []
+
+    async def stopper():
+        asyncio.get_running_loop().stop()
+        await asyncio.sleep(0.2)
+        done.append("stopper")
+
+    b.run_soon(stopper())
+    calls = 1
+    accepted = 1
+    for _ in range(50):
+        calls += 1
+        accepted += bool(b.run_soon(nap(0.01)))
+    time.sleep(0.5)
+    r = b.shutdown(2)
+    verdict(calls=calls, accepted_calls=accepted, report=info(r), done=done)
+    """,
+    timeout=15,
+)
+def test_a_stray_loop_stop_with_work_in_flight_leaves_every_hand_off_counted_and_none_abandoned(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    r = v["report"]
+    c = r["counts"]
+    assert c["accepted"] + c["dropped_full"] + c["dropped_closed"] == v["calls"], v
+    assert c["accepted"] == v["accepted_calls"], v
+    assert balanced(c) and c["pending"] == c["running"] == 0, r
+    assert r["abandoned"] == 0, r
+    # What was accepted either ran or is named as cancelled.
+    assert c["completed"] + c["failed"] == c["accepted"] - len(r["cancelled_names"]), r
+
+
+# ---------------------------------------------------------------------------------------------
+# What shutdown abandons is named
+# ---------------------------------------------------------------------------------------------
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    b = Bridge()
+
+    async def never_ends():
+        await asyncio.Event().wait()
+
+    async def blocker():
+        time.sleep(4)
+
+    b.run_soon(never_ends())
+    time.sleep(0.1)
+    b.run_soon(blocker())
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    r = b.shutdown(timeout=1)
+    verdict(report=info(r), seconds=time.monotonic() - t0)
+    """,
+    timeout=15,
+)
+def test_the_shutdown_report_names_the_coroutines_it_abandoned_and_logs_them(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    r = v["report"]
+    assert r["abandoned"] == 2, r
+    assert r["abandoned_names"] is not None, "ShutdownReport has no abandoned_names"
+    assert sorted(r["abandoned_names"]) == ["blocker", "never_ends"], r
+    assert v["seconds"] < 1 + 1.5, v
+    lines = report_lines(outcome)
+    assert len(lines) == 1, lines
+    assert "blocker" in lines[0] and "never_ends" in lines[0] and "abandoned=2" in lines[0], lines
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    b = Bridge()
+
+    async def stubborn():
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                pass
+
+    b.run_soon(stubborn())
+    b.run_soon(nap(0.05))
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    r = b.shutdown(timeout=0.3)
+    verdict(report=info(r), seconds=time.monotonic() - t0)
+    """,
+    timeout=15,
+)
+def test_the_shutdown_report_names_a_coroutine_that_ignores_cancellation(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    r = v["report"]
+    assert r["abandoned"] == 1 and r["abandoned_names"] == ["stubborn"], r
+    assert r["counts"]["completed"] == 1, r
+    assert v["seconds"] < 0.3 + 1.5, v
+    lines = report_lines(outcome)
+    assert len(lines) == 1 and "stubborn" in lines[0], lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Concurrent configuration
+# ---------------------------------------------------------------------------------------------
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    sys.setswitchinterval(1e-6)
+    b = Bridge()
+    b.run_soon(quick())  # the loop runs: configure() also updates what the loop side reads
+    ROUNDS = 300
+    start, end = threading.Barrier(5), threading.Barrier(5)
+    setters = [
+        lambda r: b.configure(max_pending=1000 + r),
+        lambda r: b.configure(block_timeout=float(r + 1)),
+        lambda r: b.configure(max_concurrency=10 + r),
+        lambda r: b.configure(task_timeout=float(r + 1)),
+    ]
+
+    def worker(setter):
+        for r in range(ROUNDS):
+            start.wait()
+            setter(r)
+            end.wait()
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in setters]
+    for t in threads:
+        t.start()
+    lost = []
+    for r in range(ROUNDS):
+        start.wait()
+        end.wait()
+        o = b.options
+        want = (1000 + r, float(r + 1), 10 + r, float(r + 1))
+        got = (o.max_pending, o.block_timeout, o.max_concurrency, o.task_timeout)
+        if got != want:
+            lost.append([r, got])
+    for t in threads:
+        t.join()
+    verdict(lost=len(lost), examples=lost[:3], rounds=ROUNDS)
+    """,
+    timeout=30,
+)
+def test_concurrent_configure_calls_from_four_threads_never_lose_an_update(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    assert v["lost"] == 0, v
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    sys.setswitchinterval(1e-6)
+    lost = []
+    for r in range(150):
+        b = Bridge()
+        go = threading.Barrier(2)
+
+        def configure():
+            go.wait()
+            b.configure(max_pending=7)
+
+        t = threading.Thread(target=configure)
+        t.start()
+        go.wait()
+        b.run_soon(quick())  # starts the loop, re-reading the options, while configure() runs
+        t.join()
+        if b.options.max_pending != 7:
+            lost.append(r)
+        b.shutdown(1, log=False)
+    verdict(lost=len(lost), rounds=150)
+    """,
+    timeout=30,
+)
+def test_configure_racing_the_loop_start_is_never_lost(outcome: Outcome) -> None:
+    assert outcome.verdict["lost"] == 0, outcome.verdict
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    b = Bridge(max_pending=1000, block_timeout=0.001)
+    stop = threading.Event()
+    calls = itertools.count()
+    problems = []
+
+    def hammer():
+        try:
+            while not stop.is_set():
+                next(calls)
+                b.run_soon(quick())
+        except BaseException as exc:
+            problems.append(repr(exc))
+
+    def reconfigure():
+        i = 0
+        try:
+            while not stop.is_set():
+                i += 1
+                b.configure(max_pending=1 if i % 2 else 1000,
+                            on_full="block" if i % 3 else "drop",
+                            max_concurrency=None if i % 5 else 1)
+                time.sleep(0.0005)
+        except BaseException as exc:
+            problems.append(repr(exc))
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    threads += [threading.Thread(target=reconfigure) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    b.configure(max_pending=1000, on_full="drop", max_concurrency=None)
+    idle = b.drain(5)
+    verdict(calls=next(calls), idle=idle, problems=problems, counts=counts(b.stats()),
+            alive=[t.name for t in threads if t.is_alive()])
+    """,
+    timeout=30,
+)
+def test_configure_from_many_threads_while_run_soon_hammers_keeps_every_count(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    c = v["counts"]
+    assert not v["problems"] and not v["alive"] and v["idle"] is True, v
+    assert c["accepted"] + c["dropped_full"] == v["calls"], v
+    assert c["completed"] == c["accepted"] and balanced(c), c
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    b = Bridge(max_pending=1, on_full="block", block_timeout=5)
+    b.run_soon(forever())
+    results = []
+
+    def caller():
+        t0 = time.monotonic()
+        ok = b.run_soon(nap(0.01))
+        results.append((ok, time.monotonic() - t0))
+
+    threads = [threading.Thread(target=caller) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    b.configure(max_pending=100)
+    for t in threads:
+        t.join(10)
+    verdict(results=results)
+    """,
+    timeout=20,
+)
+def test_raising_max_pending_admits_callers_already_waiting_for_room_at_once(
+    outcome: Outcome,
+) -> None:
+    results = outcome.verdict["results"]
+    assert [ok for ok, _ in results] == [True] * 3, results
+    assert max(seconds for _, seconds in results) < 1.5, results  # not block_timeout (5 s)
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    b = Bridge(max_concurrency=1)
+    for _ in range(5):
+        b.run_soon(nap(3))
+    time.sleep(0.2)
+    before = counts(b.stats())
+    b.configure(max_concurrency=10)
+    deadline = time.monotonic() + 1.0
+    while b.stats().running < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    verdict(before=before, after=counts(b.stats()))
+    """,
+    timeout=15,
+)
+def test_raising_max_concurrency_starts_waiting_work_at_once(outcome: Outcome) -> None:
+    v = outcome.verdict
+    assert v["before"]["running"] == 1 and v["before"]["pending"] == 4, v
+    assert v["after"]["running"] == 5 and v["after"]["pending"] == 0, v
+
+
+# ---------------------------------------------------------------------------------------------
+# Secrets in arguments
+# ---------------------------------------------------------------------------------------------
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    SECRET = "SECRET-ARG-55e1"
+
+    async def send(token, fail=False, seconds=0.0):
+        if seconds:
+            await asyncio.sleep(seconds)
+        if fail:
+            raise RuntimeError("upstream said no")
+
+    async def stall(token):
+        time.sleep(2.5)
+
+    def on_error(exc, name):
+        raise RuntimeError("the hook failed too")
+
+    b = Bridge(max_pending=4, task_timeout=0.3, on_error=on_error)
+    b.run_soon(send(SECRET, fail=True))  # failed, and the hook fails
+    b.run_soon(send(SECRET, seconds=5))  # timed out
+    time.sleep(0.5)
+    b.configure(task_timeout=None)
+    for _ in range(4):
+        b.run_soon(send(SECRET, seconds=5))  # cancelled at the deadline
+    b.run_soon(send(SECRET))  # full: dropped
+    try:
+        b.submit(send(SECRET))  # full: refused
+    except Exception:
+        pass
+    b.shutdown(0.2)
+    b.run_soon(send(SECRET))  # closed: dropped
+    b2 = Bridge()
+    b2.run_soon(stall(SECRET))  # abandoned
+    time.sleep(0.1)
+    b2.shutdown(0.2)
+    gc.collect()
+    verdict(leaked=logs_contain(SECRET), records=len(RECORDS))
+    """,
+    timeout=15,
+    env={"PYTHONASYNCIODEBUG": "1"},
+)
+def test_coroutine_arguments_never_reach_the_logs_on_any_path(outcome: Outcome) -> None:
+    v = outcome.verdict
+    assert v["records"] >= 6, v
+    assert v["leaked"] is False, outcome.log_lines("SECRET-ARG")
+    assert "SECRET-ARG" not in outcome.stderr, outcome.stderr[-2000:]
+    assert not outcome.log_lines("LOGGING-ERROR"), outcome.log_lines("LOGGING-ERROR")
+
+
+# ---------------------------------------------------------------------------------------------
+# fork
+# ---------------------------------------------------------------------------------------------
+
+
+@child(
+    """
+    import asyncbridge
+    r, w = os.pipe()
+    slow = os.fdopen(w, "w")
+
+    def slow_reader():  # a log consumer that cannot keep up: writers block inside the stream
+        while True:
+            os.read(r, 4096)
+            time.sleep(0.002)
+
+    threading.Thread(target=slow_reader, daemon=True).start()
+    app = logging.getLogger("app")
+    app.propagate = False
+    app.addHandler(logging.StreamHandler(slow))
+    app.setLevel(logging.INFO)
+
+    async def chatter():
+        while True:
+            app.warning("loop line %s", "x" * 300)
+            await asyncio.sleep(0)
+
+    asyncbridge.run_soon(chatter())
+    time.sleep(0.2)
+    hung = bad = 0
+    for _ in range(8):
+        pid = os.fork()
+        if pid == 0:
+            logged = threading.Event()
+
+            async def child_job():
+                app.warning("child loop line")
+                logged.set()
+
+            ok = asyncbridge.run_soon(child_job())
+            done = logged.wait(3)
+            app.warning("child main line")
+            os._exit(0 if ok and done else 3)
+        deadline = time.monotonic() + 3.5
+        while True:
+            got, status = os.waitpid(pid, os.WNOHANG)
+            if got:
+                bad += os.waitstatus_to_exitcode(status) != 0
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                hung += 1
+                break
+            time.sleep(0.005)
+    verdict(hung=hung, bad=bad, forks=8)
+    """,
+    timeout=45,
+)
+def test_a_child_forked_while_the_loop_thread_logs_hands_off_and_logs_at_once(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    assert (v["hung"], v["bad"]) == (0, 0), v
+
+
+@child(
+    """
+    import asyncbridge
+    stop = threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            asyncbridge.run_soon(nap(0.001))
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    hung = bad = 0
+    for _ in range(10):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                inherited = asyncbridge.stats().accepted
+                value = asyncbridge.run(nap(0.01, 1), timeout=3)
+                r = asyncbridge.shutdown(1, log=False)
+                fine = (inherited, value, r.stats.accepted, r.stats.completed) == (0, 1, 1, 1)
+            except BaseException:
+                fine = False
+            os._exit(0 if fine else 3)
+        deadline = time.monotonic() + 5
+        while True:
+            got, status = os.waitpid(pid, os.WNOHANG)
+            if got:
+                bad += os.waitstatus_to_exitcode(status) != 0
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                hung += 1
+                break
+            time.sleep(0.005)
+    stop.set()
+    for t in threads:
+        t.join(5)
+    verdict(hung=hung, bad=bad)
+    """,
+    timeout=45,
+)
+def test_a_child_forked_during_a_burst_of_hand_offs_inherits_no_work_and_runs_its_own(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    assert (v["hung"], v["bad"]) == (0, 0), v
+
+
+# ---------------------------------------------------------------------------------------------
+# Accounting under races
+# ---------------------------------------------------------------------------------------------
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    b = Bridge(max_pending=50, max_concurrency=10)
+    stop = threading.Event()
+    calls = itertools.count()
+    bad = []
+    snaps = itertools.count()
+
+    def hammer():
+        while not stop.is_set():
+            next(calls)
+            b.run_soon(nap(0.0005))
+
+    def watcher():
+        while not stop.is_set():
+            next(snaps)
+            c = counts(b.stats())
+            if not c["balanced"] or min(v for k, v in c.items() if k != "loop_running") < 0:
+                bad.append(c)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    threads.append(threading.Thread(target=watcher))
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join(5)
+    idle = b.drain(5)
+    verdict(calls=next(calls), snapshots=next(snaps), bad=len(bad), example=bad[:2], idle=idle,
+            counts=counts(b.stats()))
+    """,
+    timeout=20,
+)
+def test_every_stats_snapshot_from_another_thread_balances_under_load(outcome: Outcome) -> None:
+    v = outcome.verdict
+    c = v["counts"]
+    assert v["snapshots"] > 100 and v["bad"] == 0, v
+    assert v["idle"] is True and c["accepted"] + c["dropped_full"] == v["calls"], v
+    assert c["completed"] == c["accepted"], c
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    b = Bridge(max_pending=50, max_concurrency=5)
+    bad = []
+    snaps = itertools.count()
+
+    def handler(signum, frame):
+        next(snaps)
+        c = counts(b.stats())
+        if not c["balanced"]:
+            bad.append(c)
+
+    signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.0003, 0.0003)
+    calls = 0
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:
+        calls += 1
+        b.run_soon(nap(0.0005))
+        if calls % 500 == 0:
+            b.drain(1)
+    signal.setitimer(signal.ITIMER_REAL, 0, 0)
+    idle = b.drain(5)
+    verdict(calls=calls, snapshots=next(snaps), bad=len(bad), example=bad[:2], idle=idle,
+            counts=counts(b.stats()))
+    """,
+    timeout=20,
+)
+def test_every_stats_snapshot_from_a_signal_handler_balances(outcome: Outcome) -> None:
+    v = outcome.verdict
+    c = v["counts"]
+    assert v["snapshots"] > 100 and v["bad"] == 0, v
+    assert c["accepted"] + c["dropped_full"] == v["calls"] and c["completed"] == c["accepted"], v
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    b = Bridge()
+    c = nap(0.1, 1)
+    first, second = b.run_soon(c), b.run_soon(c)
+    idle = b.drain(3)
+    failures = [msg for _, _, msg, _ in RECORDS if "failed" in msg]
+    verdict(first=first, second=second, idle=idle, counts=counts(b.stats()), failures=failures)
+    """,
+    timeout=15,
+)
+def test_the_same_coroutine_handed_over_twice_runs_once_and_the_second_hand_off_is_counted(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    c = v["counts"]
+    assert v["idle"] is True, v
+    assert c["accepted"] + c["dropped_full"] + c["dropped_closed"] == 2, c
+    assert c["completed"] + c["failed"] == c["accepted"] and balanced(c), c
+    assert c["completed"] == 1, c  # the work itself runs exactly once, to its end
+    assert len(v["failures"]) == c["failed"], v
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    b = Bridge(max_concurrency=1)
+
+    async def raises(kind):
+        await asyncio.sleep(0.01)
+        raise kind("from a coroutine")
+
+    for kind in (SystemExit, KeyboardInterrupt, GeneratorExit):
+        b.run_soon(raises(kind))
+    for _ in range(3):
+        b.run_soon(nap(0.01))
+    idle = b.drain(3)
+    value = b.run(nap(0.01, 9), timeout=3)
+    verdict(idle=idle, value=value, counts=counts(b.stats()))
+    """,
+    timeout=15,
+)
+def test_coroutines_raising_systemexit_keyboardinterrupt_or_generatorexit_count_as_failed(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    c = v["counts"]
+    assert v["idle"] is True and v["value"] == 9, v
+    assert (c["failed"], c["completed"]) == (3, 4) and c["loop_running"] and balanced(c), c
+
+
+@child(
+    """
+    import random
+    from asyncbridge import Bridge
+    b = Bridge(max_concurrency=20)
+    rng = random.Random(7)
+    futures = [b.submit(nap(rng.choice((0, 0.001, 0.005)), i)) for i in range(600)]
+
+    def canceller():
+        for f in futures[::2]:
+            if rng.random() < 0.5:
+                time.sleep(0.0002)
+            f.cancel()
+
+    t = threading.Thread(target=canceller)
+    t.start()
+    t.join(10)
+    idle = b.drain(5)
+    settled = sum(f.done() for f in futures)
+    cancelled = sum(f.cancelled() for f in futures)
+    results = sum(1 for f in futures if f.done() and not f.cancelled() and f.exception() is None)
+    verdict(idle=idle, settled=settled, cancelled=cancelled, results=results,
+            counts=counts(b.stats()))
+    """,
+    timeout=20,
+)
+def test_submitted_futures_cancelled_at_random_moments_are_all_settled_and_counted(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    c = v["counts"]
+    assert v["idle"] is True and v["settled"] == 600, v
+    assert c["accepted"] == 600 and c["completed"] + c["cancelled"] == 600 and balanced(c), c
+    assert (v["cancelled"], v["results"]) == (c["cancelled"], c["completed"]), v
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    b = Bridge(max_pending=100_000)
+    stop = threading.Event()
+    calls = itertools.count()
+    accepted = itertools.count()
+    errors = []
+
+    def hammer():
+        try:
+            while not stop.is_set():
+                next(calls)
+                if b.run_soon(nap(0.001)):
+                    next(accepted)
+        except BaseException as exc:
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    r = b.shutdown(1)
+    time.sleep(0.1)
+    stop.set()
+    for t in threads:
+        t.join(5)
+    s = b.stats()
+    verdict(calls=next(calls), accepted_calls=next(accepted), errors=errors, report=info(r),
+            counts=counts(s))
+    """,
+    timeout=20,
+)
+def test_run_soon_racing_shutdown_from_four_threads_counts_every_call(outcome: Outcome) -> None:
+    v = outcome.verdict
+    c = v["counts"]
+    assert not v["errors"], v
+    assert c["accepted"] + c["dropped_full"] + c["dropped_closed"] == v["calls"], v
+    assert c["accepted"] == v["accepted_calls"], v  # True exactly for what was accepted
+    assert c["pending"] == c["running"] == 0 and balanced(c), c
+    assert c["dropped_closed"] > 0, c
