@@ -96,17 +96,19 @@ _setup_logging()
 
 
 def _cancel_multiprocessing_drain() -> None:
+    # Tried on each request until it finds the finalizer: another request thread may be the one
+    # still starting the loop (and registering it).
     global _mp_drain_cancelled
     with _count_lock:
         if _mp_drain_cancelled == os.getpid():
             return
-        _mp_drain_cancelled = os.getpid()
         util = sys.modules.get("multiprocessing.util")
         registry: dict[Any, Any] = getattr(util, "_finalizer_registry", {})
         for finalizer in list(registry.values()):
             callback = getattr(finalizer, "_callback", None)
             if getattr(callback, "__module__", "").startswith("asyncbridge"):
                 finalizer.cancel()
+                _mp_drain_cancelled = os.getpid()
                 print(f"app[{os.getpid()}] control: cancelled {callback}", file=sys.stderr)
 
 
