@@ -130,8 +130,7 @@ def test_control_without_the_multiprocessing_drain_sigterm_loses_what_is_in_flig
         assert server.wait(60) == 0
         log = server.output()
         # The sink holds each post for 3 s; it then finds the sender gone and does not count it.
-        abandoned = lambda: sum(sink.abandoned.values())  # noqa: E731
-        assert wait_until(lambda: sink.received + abandoned() == sink.requests, 10)
+        assert wait_until(lambda: sink.received + sum(sink.abandoned.values()) == sink.requests, 10)
     finally:
         server.stop()
 
