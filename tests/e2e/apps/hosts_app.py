@@ -2,7 +2,9 @@
 
 ``/notify`` hands one ``asyncbridge.aiohttp.post_json`` to the bridge with ``run_soon`` and
 answers ``{"accepted": ..., "pid": ..., "id": ...}``, after ``?hold=SECONDS`` if given (so that
-requests overlap and a host's processes share the load); ``/stats`` answers this process's
+requests overlap and a host's processes share the load); with ``&late=1`` it holds first and
+hands over after, as a request still running when a stop begins; ``/holding`` answers how many
+requests are holding now; ``/stats`` answers this process's
 ``asyncbridge.stats()``. Each notification carries a unique id (``<pid>-<n>``).
 
 Every process writes its shutdown report to ``OUT_DIR/report-<pid>.json`` when the core logs it,
@@ -55,6 +57,7 @@ SINK_URL = _SETTINGS["SINK_URL"]
 OUT_DIR = Path(_SETTINGS["OUT_DIR"])
 _counter = itertools.count()
 _count_lock = threading.Lock()
+_holding = 0  # requests sleeping in their ?hold now
 
 
 class _ReportFile(logging.Handler):
@@ -116,20 +119,38 @@ async def notify(event_id: str) -> None:
     await asyncbridge.aiohttp.post_json(SINK_URL, {"id": event_id})
 
 
+def _hold(seconds: float) -> None:
+    global _holding
+    with _count_lock:
+        _holding += 1
+    try:
+        time.sleep(seconds)
+    finally:
+        with _count_lock:
+            _holding -= 1
+
+
 def application(environ: dict[str, Any], start_response: _Start) -> Iterable[bytes]:
     path = environ.get("PATH_INFO", "")
     if path == "/notify":
         with _count_lock:  # some hosts run requests on several threads
             event_id = f"{os.getpid()}-{next(_counter)}"
-        accepted = asyncbridge.run_soon(notify(event_id))
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+        hold = float(query.get("hold", ["0"])[0])
+        late = query.get("late") == ["1"]
+        if not late:
+            accepted = asyncbridge.run_soon(notify(event_id))
+        if hold:
+            _hold(hold)
+        if late:
+            accepted = asyncbridge.run_soon(notify(event_id))
         if _NO_MP_DRAIN:
             _cancel_multiprocessing_drain()
-        hold = urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("hold")
-        if hold:
-            time.sleep(float(hold[0]))
         body: dict[str, Any] = {"accepted": accepted, "pid": os.getpid(), "id": event_id}
     elif path == "/stats":
         body = dataclasses.asdict(asyncbridge.stats())
+    elif path == "/holding":
+        body = {"holding": _holding}
     else:
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found"]
