@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import pickle
+import signal
 import time
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
@@ -18,6 +19,7 @@ from gunicorn.workers.ggevent import GeventWorker  # type: ignore[import-untyped
 import asyncbridge
 from asyncbridge import Bridge
 from asyncbridge import gunicorn as hooks
+from asyncbridge._signals import EXIT_SIGNALS
 from asyncbridge.gunicorn import MARGIN, QUICK_TIMEOUT, chain, drain_deadline
 
 from .helpers import wait_child
@@ -57,12 +59,17 @@ def fake_worker(
 def bridge() -> Iterator[Bridge]:
     b = Bridge(drain_timeout=5)
     previous = asyncbridge.set_default_bridge(b)
+    # worker_int, worker_abort and worker_exit ignore exit signals from then on, as a worker on
+    # its way out must; this test process is not one, so its dispositions are put back.
+    dispositions = {signum: signal.getsignal(signum) for signum in EXIT_SIGNALS}
     try:
         yield b
     finally:
         b.shutdown(0)
         asyncbridge.set_default_bridge(previous)
         hooks._quick.clear()
+        for signum, handler in dispositions.items():
+            signal.signal(signum, handler)
 
 
 HOOKS: dict[str, Callable[..., None]] = {
@@ -218,6 +225,9 @@ def test_worker_int_shortens_the_drain_logs_pending_and_exit_warns(bridge: Bridg
     while bridge.stats().running < 4 and time.monotonic() < deadline:
         time.sleep(0.01)
     hooks.worker_int(worker)
+    # A second exit signal (a terminal's Ctrl-C reaches the whole group, then the master's
+    # SIGQUIT) must not run gunicorn's handler again inside the exit.
+    assert all(signal.getsignal(s) == signal.SIG_IGN for s in EXIT_SIGNALS)
     assert worker.log.levels("SIGINT/SIGQUIT") == ["info"]
     notice = worker.log.records[-1][1]
     assert f"draining for at most {QUICK_TIMEOUT:g}s" in notice
@@ -304,3 +314,25 @@ def test_sync_workers_start_the_loop_in_post_fork(bridge: Bridge) -> None:
     assert bridge.owns_loop()
     hooks.post_worker_init(worker)  # idempotent
     assert bridge.stats().loop_running
+
+
+def test_pre_fork_drains_and_stops_a_loop_the_master_owns_and_says_why(bridge: Bridge) -> None:
+    # preload_app: the app, imported in the master, handed work off at import time.
+    assert bridge.run_soon(asyncio.sleep(0.05))
+    server = SimpleNamespace(log=FakeLog())
+    hooks.pre_fork(server, fake_worker())
+    assert not bridge.stats().loop_running
+    assert bridge.stats().completed == 1  # drained, not cancelled
+    (level, line), *rest = server.log.records
+    assert level == "warning" and not rest
+    assert "drained and stopped before forking workers" in line
+    assert "completed=1" in line
+    hooks.pre_fork(server, fake_worker())  # the next worker's fork: nothing more to do or say
+    assert len(server.log.records) == 1
+
+
+def test_pre_fork_without_a_loop_in_the_master_does_nothing(bridge: Bridge) -> None:
+    server = SimpleNamespace(log=FakeLog())
+    hooks.pre_fork(server, fake_worker())
+    assert server.log.records == []
+    assert bridge.run_soon(asyncio.sleep(0))  # the bridge is not closed by it
