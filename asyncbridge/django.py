@@ -404,7 +404,7 @@ async def _run_async(sender: type[BaseTaskBackend], store: _Store, entry: _Entry
         return
     result = entry.result
     task = result.task
-    await task_started.asend_robust(sender, task_result=result)
+    await _signal(task_started, sender, result)
     try:
         if task.takes_context:
             value = await task.func(TaskContext(task_result=result), *result.args, **result.kwargs)
@@ -413,14 +413,14 @@ async def _run_async(sender: type[BaseTaskBackend], store: _Store, entry: _Entry
         value = normalize_json(value)
     except asyncio.CancelledError as exc:  # the drain deadline (or a timeout) passed
         if store.finish(entry, error=exc):
-            task_finished.send_robust(sender, task_result=result)
+            _signal_soon(task_finished, sender, result)
         raise
     except BaseException as exc:
         store.finish(entry, error=exc)
-        await task_finished.asend_robust(sender, task_result=result)
+        await _signal(task_finished, sender, result)
         raise  # the bridge counts it as failed, logs it and calls on_error
     store.finish(entry, value=value)
-    await task_finished.asend_robust(sender, task_result=result)
+    await _signal(task_finished, sender, result)
 
 
 async def _run_sync(
@@ -428,14 +428,14 @@ async def _run_sync(
 ) -> None:
     _watch_shutdown(sender, store)
     context = contextvars.copy_context()
-    pool = _pool(store.alias, threads)
+    pool = _pool(f"tasks-{store.alias}", threads)
     future = pool.submit(lambda: context.run(_call_sync, sender, store, entry))
     try:
         await asyncio.wrap_future(future)
     except asyncio.CancelledError as exc:
         if future.cancel():  # never started: settle it here; a running thread settles itself
             if store.finish(entry, error=exc):
-                task_finished.send_robust(sender, task_result=entry.result)
+                _signal_soon(task_finished, sender, entry.result)
         raise
 
 
@@ -479,9 +479,31 @@ def _watch_shutdown(sender: type[BaseTaskBackend], store: _Store) -> None:
     async def settle() -> None:
         # Close callbacks run after the drain has cancelled what was left, started or not.
         for entry in store.settle_abandoned(sender, bridge):
-            await task_finished.asend_robust(sender, task_result=entry.result)
+            await _signal(task_finished, sender, entry.result)
 
     bridge.add_close_callback(settle)
+
+
+# The signals of async tasks go to receivers from a thread of their own, like Django's asend()
+# (a receiver may block, or use the ORM), but not through asgiref's sync_to_async: its executor
+# refuses work once the interpreter has begun to exit, where the atexit fallback drains
+# (runserver, scripts).
+_SIGNALS = "signals"
+
+
+async def _signal(signal: Any, sender: type[BaseTaskBackend], result: TaskResult[Any]) -> None:
+    """Send ``signal`` for ``result`` from the signal thread and wait; never raises."""
+    try:
+        await asyncio.wrap_future(_signal_soon(signal, sender, result))
+    except Exception:
+        _logger.exception("asyncbridge could not send a Django task signal for %s", result.id)
+
+
+def _signal_soon(
+    signal: Any, sender: type[BaseTaskBackend], result: TaskResult[Any]
+) -> concurrent.futures.Future[Any]:
+    """Queue ``signal`` for ``result`` on the signal thread (for paths that cannot await)."""
+    return _pool(_SIGNALS, 1).submit(lambda: signal.send_robust(sender, task_result=result))
 
 
 _watched: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[int]] = (
@@ -496,9 +518,11 @@ class _DaemonPool:
     running at its deadline was counted as cancelled.
     """
 
-    def __init__(self, size: int, name: str) -> None:
+    def __init__(self, size: int, name: str, *, inline_after_close: bool = False) -> None:
         self._size = size
         self._name = name
+        # Closed: run new work in the caller (signals) instead of cancelling it (tasks).
+        self._inline_after_close = inline_after_close
         self._queue: queue.SimpleQueue[
             tuple[concurrent.futures.Future[Any], Callable[[], Any]] | None
         ] = queue.SimpleQueue()
@@ -508,8 +532,11 @@ class _DaemonPool:
     def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         if self._closed:
-            future.cancel()
-            future.set_running_or_notify_cancel()
+            if self._inline_after_close:
+                _run_into(future, fn)
+            else:
+                future.cancel()
+                future.set_running_or_notify_cancel()
             return future
         self._queue.put((future, fn))
         if len(self._threads) < self._size:
@@ -522,18 +549,12 @@ class _DaemonPool:
 
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
-            future, fn = item
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn())
-            except BaseException as exc:
-                future.set_exception(exc)
+            _run_into(*item)
 
-    def close(self) -> None:
-        """Cancel what has not started; the threads end once they are idle."""
+    def close(self, *, cancel_queued: bool) -> None:
+        """Take no more; cancel what has not started, or let it run; threads end when idle."""
         self._closed = True
-        while True:
+        while cancel_queued:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
@@ -544,25 +565,42 @@ class _DaemonPool:
             self._queue.put(None)
 
 
-# Each bridge loop's thread pools, one per backend alias.
+def _run_into(future: concurrent.futures.Future[T], fn: Callable[[], T]) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(fn())
+    except BaseException as exc:
+        future.set_exception(exc)
+
+
+# Each bridge loop's thread pools: "tasks-<alias>" per backend alias, and "signals".
 _pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _DaemonPool]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _pool(alias: str, size: int) -> _DaemonPool:
-    """The running bridge loop's pool for ``alias``, made on first use, closed with the bridge."""
+def _pool(name: str, size: int) -> _DaemonPool:
+    """The running bridge loop's pool ``name``, made on first use and closed with the bridge.
+
+    Called on the loop thread only (``add_close_callback`` requires it).
+    """
     loop = asyncio.get_running_loop()
     pools = _pools.setdefault(loop, {})
-    pool = pools.get(alias)
+    pool = pools.get(name)
     if pool is None:
-        pool = pools[alias] = _DaemonPool(size, f"asyncbridge-tasks-{alias}")
+        signals = name == _SIGNALS
+        pool = _DaemonPool(size, f"asyncbridge-{name}", inline_after_close=signals)
+        pools[name] = pool
         bridge = Bridge.current()
         if bridge is not None:
 
             async def close() -> None:
-                pools.pop(alias, None)
-                pool.close()
+                # Queued signals still go out, and later ones inline (the closed pool stays in
+                # place for them); queued tasks were cancelled with their coroutines.
+                if not signals:
+                    pools.pop(name, None)
+                pool.close(cancel_queued=not signals)
 
             bridge.add_close_callback(close)
     return pool
