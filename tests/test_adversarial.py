@@ -25,7 +25,7 @@ What the library must promise here, beyond the guarantees page, decided by this 
 - Exception messages are the application's own text and are logged as raised; the library never
   adds a coroutine's arguments, locals or repr to them.
 
-Set ``ASYNCBRIDGE_UNDER_TEST`` to another checkout's root to run the battery against it.
+Set ``ADVERSARIAL_UNDER_TEST`` to another checkout's root to run the battery against it.
 """
 
 from __future__ import annotations
@@ -47,8 +47,11 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.procs import PYTHON, free_port, http_get, running, wait_http
+from tests.e2e.sink import Sink, wait_until
+
 ROOT = Path(__file__).resolve().parents[1]
-UNDER_TEST = Path(os.environ.get("ASYNCBRIDGE_UNDER_TEST", str(ROOT)))
+UNDER_TEST = Path(os.environ.get("ADVERSARIAL_UNDER_TEST", str(ROOT)))
 PARALLEL = 3
 
 # The program every case starts with. It imports no asyncbridge: cases about the environment
@@ -1014,6 +1017,8 @@ ENV_EDGES: list[tuple[str, str, str, Any]] = [
     ("task_timeout=inf", "TASK_TIMEOUT", "inf", "either"),
     ("loop_factory=os.getpid", "LOOP_FACTORY", "os.getpid", "refused"),
     ("loop_factory=missing", "LOOP_FACTORY", "no_such_module_xyz.new_loop", "refused"),
+    ("log_interval=5000-chars", "LOG_INTERVAL", "x" * 5000, "either"),
+    ("status_dir=not-a-directory", "STATUS_DIR", "/dev/null/not-a-directory", "either"),
 ]
 
 ENV_CHILD = """
@@ -1131,7 +1136,8 @@ def test_a_coroutine_whose_qualname_raises_or_is_not_a_string_is_run_counted_and
     assert v["idle"] is True, v
     assert (c["failed"], c["completed"]) == (2, 3) and balanced(c), c
     assert v["errors"] == ["Shady", "Shady"], v
-    assert len(v["failures"]) == 2 and all("Shady" in m for m in v["failures"]), v
+    # Failures are logged (the first of a name in full, then summarised), named by the type.
+    assert v["failures"] and all("Shady" in m for m in v["failures"]), v
     assert_quiet(outcome)
 
 
@@ -2293,3 +2299,462 @@ def test_run_soon_racing_shutdown_from_four_threads_counts_every_call(outcome: O
     assert c["accepted"] == v["accepted_calls"], v  # True exactly for what was accepted
     assert c["pending"] == c["running"] == 0 and balanced(c), c
     assert c["dropped_closed"] > 0, c
+
+
+# ---------------------------------------------------------------------------------------------
+# gunicorn: Ctrl-C twice in a terminal, with work in flight
+# ---------------------------------------------------------------------------------------------
+
+GUNICORN_CONF = """\
+import dataclasses, json, os
+import asyncbridge
+from asyncbridge.gunicorn import (
+    chain, post_fork, post_worker_init, worker_abort, worker_exit, worker_int,
+)
+
+def record_stats(server, worker):
+    if worker.pid != os.getpid():
+        return
+    with open(os.path.join({stats_dir!r}, f"{{os.getpid()}}.json"), "w") as f:
+        json.dump(dataclasses.asdict(asyncbridge.stats()), f)
+
+worker_exit = chain(worker_exit, record_stats)
+bind = "127.0.0.1:{port}"
+workers = 2
+worker_class = "sync"
+graceful_timeout = 20
+timeout = 30
+loglevel = "info"
+control_socket_disable = True
+"""
+
+
+def _gunicorn_double_ctrl_c(run_dir: Path, n: int) -> dict[str, Any]:
+    """One gunicorn run: ``n`` hand-offs in flight, then SIGINT to the whole group twice."""
+    stats_dir = run_dir / "stats"
+    stats_dir.mkdir(parents=True)
+    port = free_port()
+    conf = run_dir / "gunicorn.conf.py"
+    conf.write_text(GUNICORN_CONF.format(stats_dir=str(stats_dir), port=port))
+    argv = [PYTHON, "-m", "gunicorn", "-c", str(conf), "tests.e2e.apps.notify_app:app"]
+    with Sink(delay=0.1) as sink:
+        env = {"NOTIFY_SINK_URL": sink.url, "PYTHONPATH": f"{UNDER_TEST}{os.pathsep}{ROOT}"}
+        with running(argv, log=run_dir / "gunicorn.log", env=env, cwd=UNDER_TEST) as server:
+            base = f"http://127.0.0.1:{port}"
+            wait_http(base + "/stats", 30, server.proc)
+            booted = lambda: server.output().count("Booting worker with pid") >= 2  # noqa: E731
+            assert wait_until(booted, 30), server.output()[-3000:]
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                statuses = list(pool.map(lambda _: http_get(base + "/")[0], range(n)))
+            os.killpg(server.pid, signal.SIGINT)  # Ctrl-C: master and workers at once
+            time.sleep(0.02)
+            os.killpg(server.pid, signal.SIGINT)  # and again, before the drain has begun
+            server.wait(30)
+            out = server.output()
+        received = sink.received
+    workers = [
+        int(line.rsplit(" ", 1)[1])
+        for line in out.splitlines()
+        if "Booting worker with pid" in line
+    ]
+    reports = {pid: out.count(f"asyncbridge shutdown of pid {pid} ") for pid in workers}
+    stats = [json.loads(p.read_text()) for p in sorted(stats_dir.glob("*.json"))]
+    return {
+        "statuses": statuses,
+        "reports": reports,
+        "stats": stats,
+        "received": received,
+        "log": out[-3000:],
+    }
+
+
+@pytest.mark.e2e
+def test_gunicorn_two_quick_ctrl_c_to_the_process_group_leave_one_drain_report_per_worker(
+    tmp_path: Path,
+) -> None:
+    n = 12
+    for run in range(3):
+        got = _gunicorn_double_ctrl_c(tmp_path / f"run{run}", n)
+        assert got["statuses"] == [200] * n, got
+        assert len(got["reports"]) == 2, got["log"]
+        assert list(got["reports"].values()) == [1, 1], (run, got["reports"], got["log"])
+        stats = got["stats"]
+        assert len(stats) == 2, (run, got["log"])  # each worker finished its worker_exit
+        accepted = sum(s["accepted"] for s in stats)
+        completed = sum(s["completed"] for s in stats)
+        cancelled = sum(s["cancelled"] for s in stats)
+        assert accepted == n and completed + cancelled == n, (run, stats)
+        assert all(s["pending"] == s["running"] == 0 for s in stats), (run, stats)
+        assert got["received"] == completed, (run, got["received"], stats)
+
+
+# ---------------------------------------------------------------------------------------------
+# More re-entry: the loop start, configure(), Ctrl-C anywhere in a hand-off, logging handlers
+# ---------------------------------------------------------------------------------------------
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    got = {}
+
+    def handler(signum, frame):
+        t0 = time.monotonic()
+        try:
+            got["handler"] = b.run_soon(nap(0.01))
+        except BaseException as exc:
+            got["handler"] = err(exc)
+        got["handler_seconds"] = time.monotonic() - t0
+
+    def factory():
+        signal.raise_signal(signal.SIGUSR1)  # the signal arrives while the loop is starting
+        return asyncio.new_event_loop()
+
+    signal.signal(signal.SIGUSR1, handler)
+    b = Bridge(loop_factory=factory)
+    first = b.run_soon(nap(0.01))
+    idle = b.drain(3)
+    gc.collect()
+    verdict(first=first, idle=idle, counts=counts(b.stats()), **got)
+    """,
+    timeout=8,
+)
+def test_run_soon_from_a_signal_handler_that_interrupted_the_loop_start_never_deadlocks(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    c = v["counts"]
+    assert v["first"] is True and v["idle"] is True, v
+    assert v["handler_seconds"] < 1.0, v
+    if isinstance(v["handler"], bool):
+        assert c["accepted"] + c["dropped_full"] + c["dropped_closed"] == 2, c
+    else:
+        assert v["handler"]["type"].endswith(("Error", "Closed")), v  # a clear refusal
+    assert c["completed"] == c["accepted"] and balanced(c), c
+    assert_quiet(outcome)
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    b = Bridge()
+    b.run_soon(quick())
+    last = [None]
+    lost = itertools.count()
+    seq = itertools.count(1)
+
+    def handler(signum, frame):
+        if last[0] is not None and b.options.block_timeout != last[0]:
+            next(lost)
+        value = float(next(seq))
+        b.configure(block_timeout=value)
+        last[0] = value
+
+    signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
+    i = 0
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:
+        i += 1
+        b.configure(max_pending=1000 + i % 7)
+    signal.setitimer(signal.ITIMER_REAL, 0, 0)
+    verdict(lost=next(lost), handler_calls=next(seq) - 1,
+            final_ok=b.options.block_timeout == last[0])
+    """,
+    timeout=15,
+)
+def test_configure_from_a_signal_handler_that_interrupted_configure_loses_no_update(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    assert v["handler_calls"] > 500, v
+    assert v["lost"] == 0 and v["final_ok"], v
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    b = Bridge()
+    b.run_soon(quick())
+    b.drain(2)
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt  # what Python's own SIGINT handler does, at any bytecode
+
+    signal.signal(signal.SIGALRM, handler)
+    interrupted = 0
+    end = time.monotonic() + 1.0
+    signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
+    while True:
+        try:
+            while time.monotonic() < end:
+                try:
+                    b.run_soon(quick())
+                except KeyboardInterrupt:
+                    interrupted += 1
+            signal.setitimer(signal.ITIMER_REAL, 0, 0)
+            signal.signal(signal.SIGALRM, signal.SIG_IGN)
+            break
+        except KeyboardInterrupt:
+            interrupted += 1
+    ran = threading.Event()
+
+    async def probe():
+        ran.set()
+
+    b.run_soon(probe())
+    stranded = not ran.wait(2)  # no drain() here: drain would wake the loop itself
+    idle = b.drain(5)
+    verdict(interrupted=interrupted, stranded=stranded, idle=idle, counts=counts(b.stats()))
+    """,
+    timeout=20,
+)
+def test_ctrl_c_at_any_point_of_a_hand_off_never_leaves_later_work_stranded(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    c = v["counts"]
+    assert v["interrupted"] > 100, v
+    assert v["stranded"] is False, v
+    assert v["idle"] is True and c["completed"] == c["accepted"] and balanced(c), v
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+
+    class Sly(str):
+        def __str__(self):
+            return "job\\nCRITICAL root FORGED SECRET-STR-9d"
+
+        def __format__(self, spec):
+            return str(self)
+
+        def __len__(self):
+            return 3
+
+        def isprintable(self):
+            return True
+
+    def named(coro):
+        coro.__qualname__ = Sly("job")
+        return coro
+
+    b = Bridge(max_pending=2)
+    b.run_soon(named(boom()))
+    b.run_soon(Shady(boom(), qualname=Sly("job")))
+    b.drain(2)
+    b.run_soon(named(forever()))
+    b.run_soon(named(forever()))
+    b.run_soon(named(forever()))  # full: dropped
+    r = b.shutdown(0.2)
+    gc.collect()
+    ours = [msg for _, name, msg, _ in RECORDS if name.startswith("asyncbridge")]
+    verdict(leaked=logs_contain("SECRET-STR"), ours=ours, report=info(r))
+    """,
+    timeout=15,
+)
+def test_a_qualname_that_is_a_str_subclass_cannot_smuggle_text_into_the_logs(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    assert len(v["ours"]) >= 4, v["ours"]
+    assert v["leaked"] is False, outcome.log_lines("SECRET-STR")
+    assert not [m for m in v["ours"] if "\\n" in m], v["ours"]
+    assert "SECRET-STR" not in v["report"]["text"], v["report"]
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+
+    class HostileRepr:
+        def __repr__(self):
+            raise RuntimeError("repr trap")
+
+    class HugeRepr:
+        def __repr__(self):
+            return "h" * 1_000_000
+
+    out = {}
+    for label, value in (("hostile", HostileRepr()), ("huge", HugeRepr())):
+        for api in ("shutdown", "drain", "run"):
+            b = Bridge()
+            b.run_soon(nap(0.01))
+            try:
+                if api == "shutdown":
+                    b.shutdown(value)
+                elif api == "drain":
+                    b.drain(value)
+                else:
+                    b.run(nap(0.01), timeout=value)
+                got = {"returned": True}
+            except BaseException as exc:
+                got = {"error": err(exc)}
+            got["after"] = counts(b.shutdown(1, log=False).stats)
+            out[f"{api}-{label}"] = got
+    gc.collect()
+    verdict(**out)
+    """,
+    timeout=15,
+)
+def test_a_timeout_whose_repr_raises_or_is_huge_gets_a_short_typeerror_naming_timeout(
+    outcome: Outcome,
+) -> None:
+    for key, got in outcome.verdict.items():
+        assert "error" in got, (key, got)
+        assert got["error"]["type"] == "TypeError", (key, got)
+        assert "timeout" in got["error"]["msg"] and got["error"]["msg_len"] < 2000, (key, got)
+        assert got["after"]["completed"] == got["after"]["accepted"] >= 1, (key, got)
+    assert_quiet(outcome)
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    b = Bridge(max_pending=5)
+    ship_calls = itertools.count()
+
+    async def ship(line):
+        await asyncio.sleep(0.01)
+
+    class Shipper(logging.Handler):  # a log shipper that posts every record through the bridge
+        def emit(self, record):
+            next(ship_calls)
+            b.run_soon(ship(record.getMessage()))
+
+    logging.getLogger("asyncbridge").addHandler(Shipper())
+    user_calls = 0
+    for i in range(60):
+        user_calls += 1
+        b.run_soon(boom() if i % 3 == 0 else nap(0.02))
+    time.sleep(0.3)
+    idle = b.drain(5)
+    r = b.shutdown(2)
+    user_calls += 1
+    b.run_soon(quick())  # closed: dropped, logged, shipped (and dropped again)
+    s = b.stats()
+    verdict(calls=user_calls + next(ship_calls), idle=idle, counts=counts(s), report=info(r))
+    """,
+    timeout=20,
+)
+def test_a_log_handler_that_hands_its_records_to_the_bridge_neither_recurses_nor_loses_counts(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    c = v["counts"]
+    assert v["idle"] is True, v
+    assert c["accepted"] + c["dropped_full"] + c["dropped_closed"] == v["calls"], v
+    assert balanced(c) and c["pending"] == c["running"] == 0, c
+    assert not outcome.log_lines("RecursionError"), outcome.log_lines("RecursionError")
+    assert_quiet(outcome)
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    b = Bridge()
+    inner = {}
+
+    async def closer():
+        await asyncio.sleep(0.1)
+        inner["report"] = info(b.shutdown(5))
+
+    b.run_soon(closer())
+    for _ in range(3):
+        b.run_soon(nap(0.4))
+    time.sleep(0.25)
+    after_close = b.run_soon(quick())
+    r = b.shutdown(3)
+    verdict(inner=inner, after_close=after_close, report=info(r))
+    """,
+    timeout=15,
+)
+def test_shutdown_from_the_loop_thread_alone_closes_admission_and_a_later_shutdown_drains_all(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    r = v["report"]
+    assert v["inner"]["report"]["final"] is False or not v["inner"]["report"]["clean"], v
+    assert v["after_close"] is False, v
+    assert r["counts"]["completed"] == 4 and r["counts"]["dropped_closed"] == 1, r
+    assert r["clean"] and r["final"] is not False and not r["counts"]["loop_running"], r
+
+
+@child(
+    """
+    from asyncbridge import Bridge
+    before = {t.name for t in threading.enumerate()}
+
+    def cycle(k):
+        bad = 0
+        for _ in range(12):
+            b = Bridge()
+            value = b.run(nap(0.001, k), timeout=5)
+            r = b.shutdown(2, log=False)
+            bad += (value, r.stats.completed, r.stats.loop_running) != (k, 1, False)
+        return bad
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        bad = sum(pool.map(cycle, range(8)))
+    time.sleep(0.2)
+    left = sorted(t.name for t in threading.enumerate() if t.name not in before)
+    verdict(bad=bad, left=left)
+    """,
+    timeout=30,
+)
+def test_ninety_six_bridges_started_and_shut_down_from_eight_threads_leave_no_loop_thread(
+    outcome: Outcome,
+) -> None:
+    v = outcome.verdict
+    assert v["bad"] == 0, v
+    assert not [name for name in v["left"] if name.startswith("asyncbridge")], v
+
+
+@child(
+    """
+    import asyncbridge
+    asyncbridge.run_soon(forever())
+    asyncbridge.run_soon(nap(0.1))
+    time.sleep(0.05)
+    verdict(exiting=True)
+    """,
+    timeout=15,
+    env={"ASYNCBRIDGE_DRAIN_TIMEOUT": "0.5"},
+    natural_exit=True,
+)
+def test_the_exit_drain_of_a_process_that_never_called_shutdown_is_bounded_and_reported(
+    outcome: Outcome,
+) -> None:
+    o = outcome
+    assert o.returncode == 0 and o.verdict.get("exiting"), o.tail()
+    assert o.seconds < 0.5 + 1.5 + 2.0, o.seconds  # interpreter start and exit included
+    lines = report_lines(o)
+    assert len(lines) == 1, (lines, o.tail())
+    assert "completed=1" in lines[0] and "cancelled at the deadline: forever" in lines[0], lines
+
+
+@child(
+    """
+    import asyncbridge
+
+    async def blocker():
+        time.sleep(30)
+
+    asyncbridge.run_soon(blocker())
+    time.sleep(0.1)
+    verdict(exiting=True)
+    """,
+    timeout=15,
+    env={"ASYNCBRIDGE_DRAIN_TIMEOUT": "0.5"},
+    natural_exit=True,
+)
+def test_the_exit_drain_of_a_blocked_loop_is_bounded_and_names_what_it_abandoned(
+    outcome: Outcome,
+) -> None:
+    o = outcome
+    assert o.returncode == 0 and o.verdict.get("exiting"), o.tail()
+    assert o.seconds < 0.5 + 1.5 + 2.0, o.seconds
+    lines = report_lines(o)
+    assert len(lines) == 1, (lines, o.tail())
+    assert "abandoned=1" in lines[0] and "blocker" in lines[0], lines
