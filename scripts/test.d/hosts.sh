@@ -73,7 +73,11 @@ print(f"Python {sys.version.split()[0]}", *(f"{n} {m.version(n)}" for n in sys.a
 stamp="$venv/.asyncbridge-hosts"
 want="$(sha256sum "$root/pyproject.toml" | cut -c1-16) mod_wsgi=$with_mod_wsgi"
 if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && grep -qxF "$want" "$stamp"; then
-  say "hosts-venv: $venv ($(versions aiohttp asyncbridge-loop))"
+  if [ -x "$venv/bin/mod_wsgi-express" ]; then
+    say "hosts-venv: $venv ($(versions aiohttp asyncbridge-loop mod_wsgi))"
+  else
+    say "hosts-venv: $venv ($(versions aiohttp asyncbridge-loop))"
+  fi
   exit 0
 fi
 say "hosts-venv: building $venv (pip, at most 10 minutes)"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pwd
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -63,7 +64,18 @@ def _skip_reason() -> str | None:
         pwd.getpwnam("www-data")
     except KeyError:
         return "there is no www-data user for mod_wsgi's daemons"
+    for path in (ROOT / "asyncbridge" / "__init__.py", VENV / "pyvenv.cfg"):
+        if not _readable_by_others(path):
+            return f"{path} is not readable by www-data, the daemons' user: use a readable checkout"
     return None
+
+
+def _readable_by_others(path: Path) -> bool:
+    """Whether a user that is neither owner nor group can reach and read ``path``."""
+    path = path.resolve()
+    if not path.stat().st_mode & stat.S_IROTH:
+        return False
+    return all(parent.stat().st_mode & stat.S_IXOTH for parent in path.parents)
 
 
 @pytest.fixture(scope="module")
