@@ -147,3 +147,32 @@ def test_control_without_install_loses_hand_offs(
     assert sink.duplicates() == 0
     assert lost > 0, "without install() the children should have lost hand-offs"
     print(f"\ncelery control: tasks={n} accepted={n} received={sink.received} lost={lost}")
+
+
+def test_example_proj_delivers_every_notification(
+    redis: RedisServer, sink: Sink, tmp_path: Path
+) -> None:
+    n = 10
+    example = ROOT / "examples" / "celery"
+    env = {"REDIS_URL": redis.url, "NOTIFY_URL": sink.url}
+    code = (
+        f"from proj import order_placed\nfor i in range({n}):\n    order_placed.delay(f'e{{i}}')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=example,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    argv = [PYTHON, "-m", "celery", "-A", "proj", "worker", "-P", "prefork", "-c", "2"]
+    argv += ["--max-tasks-per-child", "5", "-n", f"example-{tmp_path.name}@127.0.0.1"]
+    with running(argv, log=tmp_path / "celery.log", env=env, cwd=example) as worker:
+        assert wait_until(lambda: sink.requests >= n, 45), _tail(worker)
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, _tail(worker)
+    assert wait_until(lambda: sink.requests == sink.received + _abandoned(sink), SINK_DELAY + 5)
+    assert dict(sink.ids) == {f"e{i}": 1 for i in range(n)}

@@ -173,3 +173,33 @@ def test_a_second_sigterm_during_the_drain(
         assert lost > 0, (sink.received, dict(sink.ids))
     what = "middleware" if adapter else "control"
     print(f"\ndramatiq {what}, second SIGTERM: messages={n} received={sink.received} lost={lost}")
+
+
+def test_example_proj_delivers_every_notification(
+    redis: RedisServer, sink: Sink, tmp_path: Path
+) -> None:
+    n = 10
+    example = ROOT / "examples" / "dramatiq"
+    env = {"REDIS_URL": redis.url, "NOTIFY_URL": sink.url}
+    code = (
+        f"from proj import order_placed\nfor i in range({n}):\n    order_placed.send(f'e{{i}}')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=example,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    argv = [PYTHON, "-m", "dramatiq", "proj", "--processes", "2", "--threads", "2"]
+    with running(argv, log=tmp_path / "dramatiq.log", env=env, cwd=example) as worker:
+        assert wait_until(lambda: sink.requests >= n, 40), worker.output()[-4000:]
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, worker.output()[-4000:]
+        log = worker.output()
+    assert wait_until(lambda: sink.requests == sink.received + _abandoned(sink), SINK_DELAY + 5)
+    assert dict(sink.ids) == {f"e{i}": 1 for i in range(n)}
+    assert len(REPORT.findall(log)) == 2  # the middleware drained both processes

@@ -150,3 +150,28 @@ def test_control_plain_rq_worker_loses_every_hand_off(
     # The horse exits right after the job: no 0.3 s post can finish.
     assert lost == n, (sink.received, dict(sink.ids))
     print(f"\nrq control: jobs={n} accepted={n} received={sink.received} lost={lost}")
+
+
+def test_example_jobs_deliver_every_notification(
+    redis: RedisServer, sink: Sink, tmp_path: Path
+) -> None:
+    n = 5
+    example = ROOT / "examples" / "rq"
+    env = {"REDIS_URL": redis.url, "NOTIFY_URL": sink.url}
+    code = f"import jobs\nfor i in range({n}):\n    jobs.enqueue(f'e{{i}}')\n"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=example,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    argv = [PYTHON, "-m", "rq.cli", "worker", "--burst", "--url", redis.url]
+    argv += ["--worker-class", "asyncbridge.rq.Worker", "--name", f"example-{tmp_path.name}"]
+    with running(argv, log=tmp_path / "rq.log", env=env, cwd=example) as worker:
+        assert worker.wait(50) == 0, worker.output()[-4000:]
+    assert wait_until(lambda: sink.requests == sink.received + _abandoned(sink), SINK_DELAY + 5)
+    assert dict(sink.ids) == {f"e{i}": 1 for i in range(n)}
