@@ -18,17 +18,19 @@ from collections.abc import Callable, Coroutine
 from types import CoroutineType
 from typing import Any, TypeVar
 
-from . import _admission, _forkmark, _publish, _watchdog
+from . import _admission, _forkmark, _publish, _scheduler, _watchdog
 from ._admission import drop as _drop
 from ._admission import make_room as _make_room
+from ._batcher import Batcher
 from ._config import Options, options_from_env
 from ._errors import AsyncBridgeError, BridgeClosed
 from ._future import BridgeFuture
-from ._inputs import MAX_WAIT, clamp_wait, not_a_coroutine, timeout_arg
+from ._inputs import MAX_WAIT, clamp_wait, coroutine_name, not_a_coroutine, timeout_arg
+from ._lane import Lane
 from ._log import close_quietly as _close_quietly
 from ._log import logger
 from ._runtime import NOT_STARTED, Runtime, orphan
-from ._scheduler import LOOP_THREAD, pull, run_loop, sweep, when_idle
+from ._scheduler import LOOP_THREAD, pull, run_loop, start_waiting, sweep, when_idle
 from ._shutdown import SHUTDOWN_MARGIN, drain_runtime
 from ._stats import ShutdownReport, Stats
 
@@ -95,14 +97,27 @@ class Bridge:
         # Reentrant, and only ever held for a few assignments: a signal handler may configure.
         self._config_lock = threading.RLock()
         self._deferred: list[Callable[[], object]] = []
+        self._lanes: dict[str, Lane] = {}
         _BRIDGES.add(self)
 
     # -- configuration -------------------------------------------------------------------------
 
     def _apply(self) -> None:
         self._max_pending = self._options.max_pending
-        if self._rt is not NOT_STARTED:
-            self._rt.options = self._options  # the loop side reads the options from its runtime
+        for lane in list(self._rt.lanes.values()):
+            _scheduler.apply_options(lane, self._options)  # what a lane does not set itself
+        rt = self._rt
+        if rt is NOT_STARTED:
+            return
+        rt.options = self._options  # the loop side reads the options from its runtime
+        if rt.pid == _getpid() and rt.loop is not None and not rt.finished:
+            # New limits act at once: callers waiting for room look again, and the loop starts
+            # what a higher max_concurrency now lets run.
+            rt.notify_room()
+            try:
+                rt.loop.call_soon_threadsafe(start_waiting, rt)
+            except RuntimeError:  # the loop closed under us
+                pass
             if self._rt.pid == _getpid():
                 _watchdog.watch_runtime(self._rt)  # stall_warning may have been turned on
 
@@ -353,6 +368,62 @@ class Bridge:
         rt = self._rt
         return rt.pid == _getpid() and rt.in_loop_thread()
 
+    def lane(self, name: str, /, **options: Any) -> Lane:
+        """This bridge's lane ``name``, made on the first call: see :func:`asyncbridge.lane`.
+
+        Args:
+            name: The lane's name; ``"default"`` is the bridge's own (``run_soon``'s).
+            **options: ``max_pending``, ``max_concurrency``, ``on_full``, ``block_timeout``,
+                ``task_timeout``; each one not given is the bridge's.
+
+        Returns:
+            The :class:`Lane`; the same object for the same name.
+
+        Raises:
+            TypeError: An option a lane cannot set, or a value of the wrong type.
+            ValueError: A value out of range, options for the default lane, or options that
+                differ from those the lane was made with.
+        """
+        lane = self._lanes.get(name) if isinstance(name, str) else None
+        if lane is None:
+            if name == "default" and options:
+                raise ValueError(
+                    "the default lane's options are the bridge's: use configure() for them"
+                )
+            made = Lane(self, name, options)
+            lane = self._lanes.setdefault(name, made)  # atomic: racing callers get one lane
+            if lane is made:
+                return lane
+        if options and lane.explicit_options != Lane(self, name, options).explicit_options:
+            raise ValueError(
+                f"lane {name!r} already exists with options {lane.explicit_options}; change "
+                f"them with lane.configure(), or give this one another name"
+            )
+        return lane
+
+    def batcher(
+        self,
+        flush: Callable[[list[T]], Coroutine[Any, Any, object]],
+        /,
+        *,
+        max_size: int = 100,
+        max_delay: float = 0.05,
+        lane: Lane | str | None = None,
+    ) -> Batcher[T]:
+        """A :class:`Batcher` whose flushes run in ``lane`` of this bridge: see
+        :func:`asyncbridge.batcher`.
+        """
+        return Batcher(flush, self._lane_for(lane), max_size=max_size, max_delay=max_delay)
+
+    def _lane_for(self, lane: Lane | str | None) -> Lane:
+        if lane is None:
+            return self.lane("default")
+        if isinstance(lane, str):
+            return self.lane(lane)
+        if not isinstance(lane, Lane):
+            raise TypeError(f"lane must be a Lane, a lane's name or None, got {lane!r}")
+        return lane
+
     def add_close_callback(self, callback: Callable[[], Coroutine[Any, Any, object]]) -> None:
         """Run ``await callback()`` on the loop at shutdown, after pending work has drained.
 
@@ -390,8 +461,8 @@ class Bridge:
         try:
             rt.loop.call_soon_threadsafe(when_idle, rt, idle.set)
         except RuntimeError:
-            return not rt.inbox and rt.running == 0
-        return idle.wait(wait) and not rt.inbox and rt.running == 0
+            return _scheduler.is_idle(rt)
+        return idle.wait(wait) and _scheduler.is_idle(rt)
 
     def shutdown(self, timeout: float | None = None, *, log: bool = True) -> ShutdownReport:
         """Close admission, drain until the deadline, cancel the rest, and stop the loop.
@@ -457,7 +528,9 @@ class Bridge:
                 rt.report = ShutdownReport(rt.snapshot(), elapsed=0.0, timeout=deadline_s)
                 return rt.report
             _publish.draining(rt)
+            rt.drain_deadline = started + deadline_s  # retries read it (see _retry)
             rt.report = report = drain_runtime(rt, started, deadline_s)
+            rt.summaries.flush(final=True)  # what the last interval counted, before the report
             _watchdog.unwatch_runtime(rt)
             _publish.drained(rt, report.abandoned)
         finally:
@@ -521,9 +594,25 @@ class Bridge:
         if rt.pid == pid:
             return rt
         rt = self._new_runtime(rt, pid)
-        self._options = rt.options = Options().updated(options_from_env()).updated(self._explicit)
-        self._max_pending = self._options.max_pending
-        loop = (self._options.loop_factory or asyncio.new_event_loop)()
+        with self._config_lock:  # a configure() meanwhile must reach the new runtime too
+            self._options = rt.options = (
+                Options().updated(options_from_env()).updated(self._explicit)
+            )
+            self._max_pending = self._options.max_pending
+            return self._launch(rt, pid)
+
+    def _launch(self, rt: Runtime, pid: int) -> Runtime:
+        """Make the loop, start its thread and publish ``rt`` (lifecycle and config locks held)."""
+        factory = self._options.loop_factory or asyncio.new_event_loop
+        loop: object = factory()
+        if not isinstance(loop, asyncio.AbstractEventLoop):
+            close = getattr(loop, "close", None)
+            if callable(close):
+                close()
+            raise TypeError(
+                f"loop_factory {coroutine_name(factory)} must return an asyncio event loop, got "
+                f"{coroutine_name(type(loop))}; pass a function such as asyncio.new_event_loop"
+            )
         rt.loop = loop
         thread = threading.Thread(
             target=run_loop,
@@ -538,10 +627,11 @@ class Bridge:
             loop.close()
             raise
         rt.here = _forkmark.fork_marker()
+        # The exit drain is registered before anyone can hand work to this loop.
+        _drain_before_multiprocessing_exit()
         self._rt = rt  # published last: other threads see a runtime with its loop running
         _publish.attach(rt)  # before the watchdog, which reports stalls through it
         _watchdog.watch_runtime(rt)
-        _drain_before_multiprocessing_exit()
         return rt
 
     def _new_runtime(self, old: Runtime, pid: int) -> Runtime:
