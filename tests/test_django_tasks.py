@@ -8,6 +8,8 @@ the process with a few backend aliases; every test swaps in a fresh default brid
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +22,7 @@ import asyncbridge.aiohttp
 from asyncbridge import BacklogFull, Bridge
 from asyncbridge.pytest_plugin import EagerBridge
 
+from .e2e.procs import ROOT
 from .e2e.sink import Sink
 
 if TYPE_CHECKING:
@@ -379,3 +382,18 @@ def test_bad_options_are_refused(options: dict[str, Any], message: str) -> None:
 
     with pytest.raises(ImproperlyConfigured, match=message):
         AsyncBridgeBackend("bad", {"OPTIONS": options})
+
+
+def test_the_example_projects_own_tests_pass_with_the_plugin() -> None:
+    # examples/django_tasks/test_shop.py, run as a user would run it (its conftest configures
+    # Django, so it gets a fresh interpreter).
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "examples/django_tasks"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout, result.stdout

@@ -28,8 +28,8 @@ TASKS = {
     }
 }
 
-# asyncbridge's shutdown report (and any refusal) on the console; under gunicorn the hooks log
-# the report on gunicorn's error log as well.
+# asyncbridge's messages (a refused task, the shutdown report at exit) on the console. Under
+# gunicorn the hooks log the shutdown report on gunicorn's error log instead.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
