@@ -2759,3 +2759,31 @@ def test_the_exit_drain_of_a_blocked_loop_is_bounded_and_names_what_it_abandoned
     lines = report_lines(o)
     assert len(lines) == 1, (lines, o.tail())
     assert "abandoned=1" in lines[0] and "blocker" in lines[0], lines
+
+
+@child(
+    """
+    import asyncbridge.uwsgi as au
+    out = {}
+    for label, raw in (("400-digits", b"1" + b"0" * 400), ("5000-digits", b"9" * 5000),
+                       ("negative", b"-5"), ("list", [b"30", b"7"]), ("flag", True)):
+        opt = {"worker-reload-mercy": raw}
+        try:
+            out[label] = {"mercy": au.worker_reload_mercy(opt),
+                          "deadline": au.exit_deadline(10.0, opt)}
+        except BaseException as exc:
+            out[label] = {"error": err(exc)}
+    lengths = [len(msg) for _, name, msg, _ in RECORDS if name.startswith("asyncbridge")]
+    verdict(out=out, lengths=lengths)
+    """,
+    timeout=15,
+)
+def test_uwsgi_worker_reload_mercy_at_the_edges_gives_a_finite_deadline_and_short_warnings(
+    outcome: Outcome,
+) -> None:
+    out = outcome.verdict["out"]
+    for label, got in out.items():
+        assert "error" not in got, (label, got)
+        assert 0.0 <= got["deadline"] <= 10.0, (label, got)
+    assert out["negative"]["deadline"] == 0.0 and out["list"]["mercy"] == 7.0, out
+    assert max(outcome.verdict["lengths"], default=0) < 1000, outcome.verdict["lengths"]
