@@ -38,6 +38,8 @@ class Options:
     loop_factory: LoopFactory | None = None
     on_error: ErrorHook | None = None
     on_drop: DropHook | None = None
+    stall_warning: float | None = 1.0
+    status_dir: str | None = None
 
     def updated(self, changes: Mapping[str, Any]) -> Options:
         """A copy with ``changes`` applied, each validated.
@@ -104,7 +106,22 @@ def _validate(name: str, value: object) -> object:
         return _seconds(name, value, allow_zero=True)
     if name == "task_timeout":
         return _seconds(name, value, allow_none=True)
+    if name == "stall_warning":
+        return _seconds(name, value, allow_none=True)
+    if name == "status_dir":
+        return _directory(name, value)
     return _callable(name, value)
+
+
+def _directory(name: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str | os.PathLike):
+        raise TypeError(f"{name} must be a path or None, got {type(value).__name__} {value!r}")
+    path = os.fspath(value)
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"{name} must be a non-empty path, got {value!r}")
+    return path
 
 
 def _import_object(name: str, path: str) -> object:
@@ -120,23 +137,28 @@ def _import_object(name: str, path: str) -> object:
         raise ValueError(f"{ENV_PREFIX}{name.upper()}={path!r} cannot be imported: {exc}") from exc
 
 
+_NONE_ALLOWED = ("max_concurrency", "task_timeout", "stall_warning", "status_dir")
+
+
 def _parse_env_value(name: str, raw: str) -> object:
     text = raw.strip()
     env = f"{ENV_PREFIX}{name.upper()}"
-    if name in ("max_concurrency", "task_timeout") and text.lower() in ("", "none"):
+    if name in _NONE_ALLOWED and text.lower() in ("", "none"):
         return None
     if name in ("max_pending", "max_concurrency"):
         try:
             return int(text)
         except ValueError:
             raise ValueError(f"{env} must be a whole number, got {raw!r}") from None
-    if name in ("block_timeout", "drain_timeout", "task_timeout"):
+    if name in ("block_timeout", "drain_timeout", "task_timeout", "stall_warning"):
         try:
             return float(text)
         except ValueError:
             raise ValueError(f"{env} must be a number of seconds, got {raw!r}") from None
     if name == "on_full":
         return text.lower()
+    if name == "status_dir":
+        return text
     return None if text.lower() in ("", "none") else _import_object(name, text)
 
 

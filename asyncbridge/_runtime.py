@@ -17,6 +17,8 @@ from ._stats import ShutdownReport, Stats
 
 if TYPE_CHECKING:
     from ._future import BridgeFuture
+    from ._publish import Publisher, Timing
+    from ._watchdog import Watch
 
 __all__ = ["NOT_STARTED", "ORPHANS", "Item", "Runtime", "orphan"]
 
@@ -49,6 +51,7 @@ class Runtime:
         "loop",
         "options",
         "pid",
+        "publisher",
         "report",
         "restarts",
         "room",
@@ -62,8 +65,10 @@ class Runtime:
         "tasks",
         "thread",
         "timed_out",
+        "timing",
         "version",
         "warned_at",
+        "watch",
     )
 
     def __init__(self, pid: int, options: Options | None = None) -> None:
@@ -119,6 +124,11 @@ class Runtime:
         self.room_waiters = 0
         self.warned_at: dict[str, float] = {}
         self.report: ShutdownReport | None = None
+        # Operators' view (see _publish and _watchdog): the status file the loop rewrites at
+        # most once per turn, the jobs' wait and run times, the stall watchdog's heartbeat.
+        self.publisher: Publisher | None = None
+        self.timing: Timing | None = None
+        self.watch: Watch | None = None
 
     def in_loop_thread(self) -> bool:
         # Compare Thread objects, not idents: a finished loop thread's ident is reused by the
@@ -154,6 +164,8 @@ class Runtime:
             pid=self.pid,
             loop_running=self.thread is not None and self.thread.is_alive() and not self.dead,
             loop_restarts=self.restarts,
+            stalls=0 if self.watch is None else self.watch.stalls,
+            longest_stall=0.0 if self.watch is None else self.watch.longest_stall(),
         )
 
     def notify_room(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from ._future import BridgeFuture
 from ._inputs import coroutine_name
 from ._log import call_hook, close_quietly, logger
+from ._publish import publish_soon
 from ._runtime import Item, Runtime
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
 LOOP_THREAD = threading.local()
 
 _NO_LIMIT = 1 << 62
+_monotonic = time.monotonic
 
 
 def run_loop(rt: Runtime, owner: weakref.ref[Any]) -> None:
@@ -78,8 +81,11 @@ def run_loop(rt: Runtime, owner: weakref.ref[Any]) -> None:
 
 def pull(rt: Runtime) -> None:
     """The coalesced wake-up callers queue: start what waits in the inbox."""
+    first_handoff = rt.scheduled_at
     rt.scheduled = rt.starved = False
     rt.backoffs = 0
+    if rt.timing is not None:
+        rt.timing.pulled(rt.taken + len(rt.inbox), first_handoff)
     start_waiting(rt)
 
 
@@ -102,6 +108,9 @@ def start_waiting(rt: Runtime) -> None:
         rt.taken += len(batch)
         rt.running += len(batch)
         rt.version += 1
+    if rt.timing is not None:
+        rt.timing.took(rt.taken - len(batch), len(batch), _monotonic(), rt.scheduled_at)
+    publish_soon(rt)
     create_task = rt.loop.create_task  # type: ignore[union-attr]
     tasks = rt.tasks
     timeout = options.task_timeout
@@ -133,6 +142,8 @@ async def _job(
     SystemExit and KeyboardInterrupt too, which asyncio would otherwise let out of the loop.
     """
     handle = task = None
+    timing = rt.timing
+    began = 0.0 if timing is None else _monotonic()
     if limit is not None:
         task = asyncio.current_task()
         assert task is not None
@@ -154,6 +165,8 @@ async def _job(
             outcome = "timed_out"
             exc = TimeoutError(f"exceeded task_timeout of {rt.options.task_timeout}s")
     del rt.tasks[coro]
+    if timing is not None:
+        timing.duration.add(_monotonic() - began)
     if outcome == "completed":  # most jobs: the same as _count, without getattr/setattr
         with rt.lock:
             rt.version += 1
@@ -162,6 +175,9 @@ async def _job(
             rt.version += 1
     else:
         _count(rt, outcome)
+    pub = rt.publisher
+    if pub is not None and not pub.queued:
+        publish_soon(rt)
     if outcome == "cancelled" and rt.closed:
         rt.cancelled_names.append(coroutine_name(coro))
     if future is not None:

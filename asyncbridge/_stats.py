@@ -30,6 +30,10 @@ class Stats:
         loop_running: Whether this process's loop thread is alive.
         loop_restarts: Times something other than shutdown called ``loop.stop()`` on the bridge
             loop; each time the loop resumed at once and nothing was lost (each is logged).
+        stalls: Episodes in which the loop had no turn for ``stall_warning`` seconds or more
+            (each logged when it starts and when it ends).
+        longest_stall: The longest of those episodes so far, in seconds, the one in progress
+            included.
     """
 
     accepted: int = 0
@@ -43,6 +47,8 @@ class Stats:
     pid: int = 0
     loop_running: bool = False
     loop_restarts: int = 0
+    stalls: int = 0
+    longest_stall: float = 0.0
 
     @property
     def dropped_total(self) -> int:
