@@ -498,21 +498,26 @@ def test_backlog_full_refusals_raised_in_main_and_in_a_signal_handler_are_all_co
     for _ in range(N):
         b.run_soon(nap(0.2))
     fired = {}
+    busy = [False]
 
     def handler(signum, frame):
-        if fired:
-            return
-        chain, f = [], frame
-        while f is not None and len(chain) < 6:
-            chain.append((f.f_code.co_filename, f.f_code.co_name))
-            f = f.f_back
-        if not any("asyncbridge" in filename for filename, _ in chain):
-            return  # wait until the signal interrupts a frame inside the bridge
-        fired["chain"] = [name for _, name in chain]
-        signal.setitimer(signal.ITIMER_REAL, 0, 0)
-        t0 = time.monotonic()
-        fired["report"] = info(b.shutdown(timeout=3))
-        fired["elapsed"] = time.monotonic() - t0
+        if busy[0] or fired:
+            return  # one shutdown; a tick that interrupts this handler does nothing
+        busy[0] = True
+        try:
+            chain, f = [], frame
+            while f is not None and len(chain) < 6:
+                chain.append((f.f_code.co_filename, f.f_code.co_name))
+                f = f.f_back
+            if not any("asyncbridge" in filename for filename, _ in chain):
+                return  # wait until the signal interrupts a frame inside the bridge
+            fired["chain"] = [name for _, name in chain]
+            signal.setitimer(signal.ITIMER_REAL, 0, 0)
+            t0 = time.monotonic()
+            fired["report"] = info(b.shutdown(timeout=3))
+            fired["elapsed"] = time.monotonic() - t0
+        finally:
+            busy[0] = False
 
     signal.signal(signal.SIGALRM, handler)
     signal.setitimer(signal.ITIMER_REAL, 0.001, 0.0003)
@@ -2443,12 +2448,18 @@ def test_run_soon_from_a_signal_handler_that_interrupted_the_loop_start_never_de
     lost = itertools.count()
     seq = itertools.count(1)
 
+    busy = [False]
+
     def handler(signum, frame):
+        if busy[0]:
+            return  # a tick that interrupted this very handler: its check would be premature
+        busy[0] = True
         if last[0] is not None and b.options.block_timeout != last[0]:
             next(lost)
         value = float(next(seq))
         b.configure(block_timeout=value)
         last[0] = value
+        busy[0] = False
 
     signal.signal(signal.SIGALRM, handler)
     signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
