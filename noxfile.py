@@ -1,8 +1,21 @@
-"""The version matrix: the core suite on every other supported CPython this machine has.
+"""The version matrix: the suite on every other supported CPython this machine has.
 
-``scripts/test`` runs the whole suite (end to end, docs, packaging) on the default Python, 3.11,
-then ``nox --no-error-on-missing-interpreters``, which runs the core suite here on 3.12 and 3.13.
+``scripts/test`` runs the whole suite (end to end, browser, docs, packaging) on the default
+Python, 3.11, then ``nox --no-error-on-missing-interpreters``:
+
+- 3.13, the newest supported version, runs the core suite and then the end-to-end tests of the
+  servers whose behaviour depends most on the interpreter: fork, signal handlers, a daemon thread
+  at exit, ``atexit``. Those are gunicorn (sync, gthread and gevent workers), uWSGI, the wsgiref
+  dev server, the demo (Flask under gunicorn, Ctrl-C through a pseudo-terminal) and the
+  quickstart's servers (``E2E_SUBSET``). Left to 3.11 alone: the browser tests (one Chromium), the
+  hosts that come from Debian with their own Python (Passenger, mod_wsgi), and the task workers
+  (Celery, RQ, Dramatiq, with Redis), which together would add several minutes to a README
+  command that must stay under about ten on a 2-core machine.
+- 3.12 runs the core suite only: between 3.11 and 3.13 it finds what the core suite finds.
+
 An interpreter that cannot be found is skipped with nox's "Missing interpreters" message.
+Python 3.14 cannot be installed on this machine, so it is not in the matrix (see
+``docs/python-3.14.md``).
 """
 
 from __future__ import annotations
@@ -10,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tomllib
 from pathlib import Path
 
 import nox
@@ -26,6 +40,19 @@ CORE_SUITE = (
     "--ignore=tests/test_packaging.py",
     "--ignore=tests/test_types.py",
     "--ignore=tests/test_bench_smoke.py",
+)
+
+# The versions that also run end-to-end tests, and which ones (see the module docstring).
+E2E_ON = ("3.13",)
+E2E_SUBSET = (
+    "-m",
+    "e2e and not browser",
+    "tests/e2e/test_gunicorn.py",
+    "tests/e2e/test_uwsgi.py",
+    "tests/e2e/test_wsgiref.py",
+    "tests/e2e/test_demo.py",
+    "tests/e2e/test_demo_ctrl_c.py",
+    "tests/test_docs.py",
 )
 
 nox.options.sessions = [f"tests-{version}" for version in PYTHONS]
@@ -71,15 +98,28 @@ def interpreter(version: str) -> str:
     return version
 
 
+def test_groups() -> list[str]:
+    """The dependency groups the tests need: those ``dev`` includes, but lint and docs.
+
+    Unit tests import the libraries their adapter serves (gunicorn, rq, celery...), so every
+    group that ``scripts/test`` installs for tests is installed here too, and a group added to
+    ``dev`` later is picked up without a change here.
+    """
+    with open(Path(__file__).parent / "pyproject.toml", "rb") as f:
+        dev = tomllib.load(f)["dependency-groups"]["dev"]
+    included = [item["include-group"] for item in dev if isinstance(item, dict)]
+    return [group for group in included if group not in {"lint", "docs"}]
+
+
 def tests(session: nox.Session) -> None:
-    """The core suite, with the project installed in editable mode and its test dependencies."""
+    """The core suite, then on ``E2E_ON`` versions the end-to-end subset, in editable mode."""
     session.install("pip>=25.1")  # [dependency-groups] support
-    # The e2e group holds the test group plus the packages some unit tests import (gunicorn,
-    # gevent, flask...); the end-to-end tests themselves are deselected.
-    session.install("-e", ".", "--group", "e2e")
-    session.run(
-        "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *CORE_SUITE, *session.posargs
-    )
+    groups = [arg for group in test_groups() for arg in ("--group", group)]
+    session.install("-e", ".", *groups)
+    pytest = ("python", "-m", "pytest", "-q", "-p", "no:cacheprovider")
+    session.run(*pytest, *CORE_SUITE, *session.posargs)
+    if session.name.removeprefix("tests-") in E2E_ON:
+        session.run(*pytest, *E2E_SUBSET, *session.posargs)
 
 
 for _version in PYTHONS:
