@@ -713,25 +713,22 @@ def _adopt_quietly(directory: str) -> None:
 # -- reading ------------------------------------------------------------------------------------
 
 
-def _parse(data: bytes, path: str = "") -> ProcessRecord | None:
-    if len(data) < FILE_SIZE:
-        return None
-    magic, version, pid, ppid, ticks, created, seq, stalled, serial = _HEADER.unpack_from(data, 0)
+def _parse(header: bytes, slot: bytes, hist: bytes, path: str = "") -> ProcessRecord | None:
+    magic, version, pid, ppid, ticks, created, _, stalled, serial = _HEADER.unpack_from(header, 0)
     if magic != MAGIC or version != VERSION:
         return None
-    slot = HEADER_SIZE + (seq & 1) * SLOT_SIZE
-    updated, state, flags, stalls, longest, abandoned, nlanes = _SLOT.unpack_from(data, slot)
+    updated, state, flags, stalls, longest, abandoned, nlanes = _SLOT.unpack_from(slot, 0)
     lanes: dict[str, LaneRecord] = {}
     for i in range(min(nlanes, MAX_LANES)):
-        values = _LANE.unpack_from(data, slot + SLOT_HEADER_SIZE + i * LANE_SIZE)
+        values = _LANE.unpack_from(slot, SLOT_HEADER_SIZE + i * LANE_SIZE)
         name = values[0].rstrip(b"\0").decode("utf-8", "replace")
         rec = LaneRecord()
         rec.counts = dict(zip(COUNTERS, values[1:], strict=True))
-        hist = _HIST.unpack_from(data, HIST_OFFSET + i * HIST_SIZE)
-        rec.wait_counts = list(hist[:_NB])
-        rec.wait_sum = hist[_NB]
-        rec.duration_counts = list(hist[_NB + 1 : 2 * _NB + 1])
-        rec.duration_sum = hist[2 * _NB + 1]
+        h = _HIST.unpack_from(hist, i * HIST_SIZE)
+        rec.wait_counts = list(h[:_NB])
+        rec.wait_sum = h[_NB]
+        rec.duration_counts = list(h[_NB + 1 : 2 * _NB + 1])
+        rec.duration_sum = h[2 * _NB + 1]
         lanes[name] = rec
     return ProcessRecord(
         pid, ppid, ticks, serial, created, updated, state, flags, stalls, longest, stalled,
@@ -741,22 +738,30 @@ def _parse(data: bytes, path: str = "") -> ProcessRecord | None:
 
 def read_file(path: str) -> ProcessRecord | None:
     """A consistent read of one status file; None if it is missing or not one of ours."""
-    for _ in range(5):
-        try:
-            with open(path, "rb") as f:
-                data = f.read(FILE_SIZE)
-                f.seek(_SEQ_OFFSET)
-                after = _SEQ.unpack(f.read(_SEQ.size))[0]
-        except (OSError, struct.error):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_size < FILE_SIZE:
             return None
-        if len(data) < FILE_SIZE:
-            return None
-        before = _SEQ.unpack_from(data, _SEQ_OFFSET)[0]
-        # The writer only ever fills the slot `seq` does not point at: one bump during the read
-        # left ours alone; two may have overwritten it.
-        if after - before <= 1:
-            return _parse(data, path)
-    return None
+        for attempt in range(200):
+            header = os.pread(fd, HEADER_SIZE, 0)
+            before = _SEQ.unpack_from(header, _SEQ_OFFSET)[0]
+            slot = os.pread(fd, SLOT_SIZE, HEADER_SIZE + (before & 1) * SLOT_SIZE)
+            after = _SEQ.unpack(os.pread(fd, _SEQ.size, _SEQ_OFFSET))[0]
+            # The writer only ever fills the slot `seq` does not point at: one bump during the
+            # read left ours alone; two may have overwritten it.
+            if after - before <= 1:
+                hist = os.pread(fd, MAX_LANES * HIST_SIZE, HIST_OFFSET)
+                return _parse(header, slot, hist, path)
+            if attempt >= 3:
+                time.sleep(0.0005)  # a writer far faster than any loop: let it pause
+        return None
+    except (OSError, struct.error):
+        return None
+    finally:
+        os.close(fd)
 
 
 @dataclass

@@ -74,29 +74,49 @@ class Culprit:
         return f"coroutine {self.coroutine} at {self.where()}"
 
 
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _printable(name: str) -> str:
+    # As coroutine_name: one printable line of bounded length, whatever the code object says.
+    if len(name) > 200 or not name.isprintable():
+        name = name[:200].encode("unicode_escape").decode("ascii")[:200]
+    return name
+
+
 def _culprit(loop: asyncio.AbstractEventLoop, ident: int | None) -> Culprit:
     frame: types.FrameType | None = None
     if ident is not None:
         frame = sys._current_frames().get(ident)
     coroutine = ""
-    try:
-        task = asyncio.current_task(loop)
-    except RuntimeError:
-        task = None
-    if task is not None:
-        coroutine = coroutine_name(task.get_coro())
     filename, lineno, function = "", 0, ""
     if frame is not None:
         code = frame.f_code
         filename, lineno, function = code.co_filename, frame.f_lineno or 0, code.co_qualname
-        if not coroutine:  # the outermost coroutine frame on the stack is the task's coroutine
-            f: types.FrameType | None = frame
-            while f is not None:
-                if f.f_code.co_flags & (_CO_COROUTINE | _CO_ITERABLE_COROUTINE):
-                    coroutine = f.f_code.co_qualname
-                f = f.f_back
+        # The job is the outermost coroutine on the stack that is not asyncbridge's own (the
+        # task's coroutine is the core's wrapper, which awaits the job).
+        f: types.FrameType | None = frame
+        while f is not None:
+            c = f.f_code
+            if c.co_flags & (
+                _CO_COROUTINE | _CO_ITERABLE_COROUTINE
+            ) and not c.co_filename.startswith(_PACKAGE):
+                coroutine = c.co_qualname
+            f = f.f_back
     del frame
-    return Culprit(coroutine or "(none: a callback is running)", filename, lineno, function)
+    if not coroutine:
+        try:
+            task = asyncio.current_task(loop)
+        except RuntimeError:
+            task = None
+        if task is not None:
+            coroutine = coroutine_name(task.get_coro())
+    return Culprit(
+        _printable(coroutine) if coroutine else "(none: a callback is running)",
+        filename,
+        lineno,
+        _printable(function),
+    )
 
 
 class Watch:

@@ -27,6 +27,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from . import _publish
 from ._api import default_bridge
 from ._bridge import SHUTDOWN_MARGIN
 from ._signals import ignore_exit_signals
@@ -36,6 +37,7 @@ __all__ = [
     "MARGIN",
     "QUICK_TIMEOUT",
     "chain",
+    "child_exit",
     "drain_deadline",
     "post_fork",
     "post_worker_init",
@@ -291,3 +293,26 @@ def _shorten(worker: Any, seconds: float, why: str) -> None:
 
 def _is_gevent_worker(worker: Any) -> bool:
     return any(cls.__module__ == _GEVENT_WORKER_MODULE for cls in type(worker).__mro__)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """gunicorn ``child_exit``: in the master, count a worker that has exited, however it ended.
+
+    gunicorn calls it after reaping the worker, whatever killed it: SIGKILL after
+    ``graceful_timeout`` or ``timeout``, the OOM killer, ``kill -9``. The worker's last published
+    figures (see the ``status_dir`` option) go into the directory's totals, and a worker that
+    ended without its drain report is logged on gunicorn's error log at WARNING: "asyncbridge:
+    worker <pid> ended without draining: at least N accepted jobs unfinished (lost)", N being
+    its pending and running jobs as published at most one loop turn before it died. N is added to
+    ``asyncbridge_jobs_lost_total`` (``asyncbridge.prometheus``), which also passes the pid to
+    prometheus_client's ``mark_process_dead`` in multiprocess mode.
+
+    Needs the status directory (``ASYNCBRIDGE_STATUS_DIR`` or ``PROMETHEUS_MULTIPROC_DIR``) set
+    in the master's environment before the workers start; without it, it says so once at INFO.
+
+    Args:
+        server: The gunicorn arbiter.
+        worker: The worker that exited (only its ``pid`` is read).
+    """
+    directory = _publish.resolve_directory(default_bridge().options.status_dir)
+    _publish.worker_gone(int(worker.pid), directory, warn=server.log.warning)

@@ -1,0 +1,191 @@
+"""``python -m asyncbridge status``: one line per live worker and totals, from the directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from asyncbridge import _publish, _status
+from asyncbridge._publish import Publisher, read_directory
+
+from .helpers import ROOT
+
+
+def _counts(**values: int) -> tuple[int, ...]:
+    return tuple(values.get(name, 0) for name in _publish.COUNTERS)
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> Iterator[Path]:
+    """One live worker (this process), one killed and counted, one killed and not counted."""
+    live = Publisher(str(tmp_path))
+    live.write(
+        [
+            (
+                "default",
+                _counts(accepted=12, completed=7, failed=1, pending=1, running=3, dropped_full=2),
+                None,
+            )
+        ],
+        stalls=1,
+        longest_stall=1.5,
+    )
+    for hang in (4, 6):
+        pid = os.fork()
+        if pid == 0:
+            pub = Publisher(str(tmp_path))
+            pub.write([("default", _counts(accepted=hang + 1, completed=1, running=hang), None)])
+            os._exit(0)
+        os.waitpid(pid, 0)
+        if hang == 4:
+            _publish.worker_gone(pid, str(tmp_path))
+    yield tmp_path
+    live.close()
+
+
+def _table(text: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in text.splitlines()[2:]:
+        cells = line.split()
+        if cells and cells[0] not in ("gone:",):
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_the_table_has_a_line_per_worker_and_totals(directory: Path) -> None:
+    view = read_directory(str(directory))
+    text = _status.render(view)
+    lines = text.splitlines()
+    assert "1 live, 1 gone and not yet counted, 1 exited and counted" in lines[0]
+    assert lines[1].split() == [
+        "PID",
+        "STATE",
+        "UPDATED",
+        "ACCEPTED",
+        "PENDING",
+        "RUNNING",
+        "COMPLETED",
+        "FAILED",
+        "DROPPED",
+        "STALLS",
+        "LOST",
+    ]
+    rows = _table(text)
+    me = rows[str(os.getpid())]
+    assert me[0] == "running" and me[2:] == ["12", "1", "3", "7", "1", "2", "1", "-"]
+    (gone_pid,) = [r.pid for r in view.dead]
+    assert rows[str(gone_pid)][0] == "gone"
+    assert rows[str(gone_pid)][2:] == ["7", "0", "6", "1", "0", "0", "0", "6"]
+    assert rows["exited(1)"] == ["1", "undr.", "5", "-", "-", "1", "0", "0", "0", "4"]
+    # Totals: every worker's counters, the live ones' pending and running, all that was lost.
+    assert rows["TOTAL"] == ["24", "1", "3", "9", "1", "2", "1", "10"]
+
+
+def test_the_command_reads_the_directory_from_a_flag_or_the_environment(directory: Path) -> None:
+    env = {**os.environ, "ASYNCBRIDGE_STATUS_DIR": str(directory)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    by_env = subprocess.run(
+        [sys.executable, "-m", "asyncbridge", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
+    by_flag = subprocess.run(
+        [sys.executable, "-m", "asyncbridge", "status", "--dir", str(directory), "--lanes"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert by_env.returncode == by_flag.returncode == 0, by_env.stderr + by_flag.stderr
+    assert _table(by_env.stdout)["TOTAL"] == ["24", "1", "3", "9", "1", "2", "1", "10"]
+    assert "LANE" in by_flag.stdout
+    # The lane table has no stalls column (a stall holds every lane of its process).
+    assert _table(by_flag.stdout)["default"] == ["24", "1", "3", "9", "1", "2", "10"]
+
+
+def test_json_output_has_the_same_figures(directory: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "asyncbridge", "status", "--dir", str(directory), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["total"]["accepted"] == 24 and data["total"]["lost"] == 10
+    assert data["total"]["stalls"] == 1
+    alive = {w["pid"]: w["alive"] for w in data["workers"]}
+    assert alive[os.getpid()] is True and sorted(alive.values()) == [False, True]
+
+
+def test_without_a_directory_it_says_where_to_point_it(tmp_path: Path) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ASYNCBRIDGE_STATUS_DIR", "PROMETHEUS_MULTIPROC_DIR")
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "asyncbridge", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "no status directory: pass --dir, or set ASYNCBRIDGE_STATUS_DIR" in done.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "asyncbridge", "status", "--dir", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_watch_refreshes_until_ctrl_c(directory: Path) -> None:
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "asyncbridge",
+            "status",
+            "--dir",
+            str(directory),
+            "--watch",
+            "--interval",
+            "0.1",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    ) as proc:
+        assert proc.stdout is not None
+        frames = 0
+        deadline = time.monotonic() + 30
+        while frames < 3 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line.startswith("\x1b[H\x1b[2J"):  # each refresh clears the screen first
+                frames += 1
+        proc.send_signal(signal.SIGINT)
+        proc.stdout.read()
+        assert proc.wait(10) == 0
+    assert frames == 3
