@@ -22,6 +22,9 @@ workers = 2
 worker_class = "sync"  # "gthread" with threads = 8 works too, and so does "gevent"
 threads = 1
 preload_app = False  # True works too: the master's inherited loop is discarded in each worker
+# With preload_app = True, an app that hands work off at import starts a loop in the master;
+# pre_fork drains and stops it before the first fork (forking a threaded process is unsafe).
+pre_fork = asyncbridge.gunicorn.pre_fork
 
 # Recycling a worker drains it like any graceful exit: nothing accepted is lost.
 max_requests = 1000

@@ -47,7 +47,7 @@ nitpick_ignore_regex = [
     ("py:class", r"asyncbridge\._\w+\.\w+"),
     ("py:class", r"(OnFull|ErrorHook|DropHook|LoopFactory)"),
     # Type variables of generic signatures.
-    ("py:class", r"(asyncbridge\.[\w.]+\.)?[TB]"),
+    ("py:(class|obj)", r"(asyncbridge\.[\w.]+\.)?[TB]"),
     # An instance attribute (set in __init__), which autodoc cannot list.
     ("py:attr", r"errors"),
 ]

@@ -360,7 +360,7 @@ def test_gunicorn_accepts_the_minimal_config_and_installs_every_hook() -> None:
 
 def test_gunicorn_accepts_the_complete_config_with_a_chained_hook() -> None:
     settings = _gunicorn_settings(ROOT / "gunicorn.conf.example.py")
-    for hook in HOOKS:
+    for hook in (*HOOKS, "pre_fork"):
         if hook != "worker_exit":
             assert getattr(settings, hook) is getattr(asyncbridge.gunicorn, hook), hook
     assert settings.worker_exit.__name__ == "chain(worker_exit, log_worker_stats)"
