@@ -150,10 +150,17 @@ class Bridge:
             TypeError: An unknown option, or a value of the wrong type.
             ValueError: A value out of range.
         """
-        with self._config_lock:  # two threads configuring at once must not lose either change
-            self._options = self._options.updated(options)
-            self._explicit.update(options)
-            self._apply()
+        while True:
+            # Compare and swap: the swap itself has no call in it, so neither another thread
+            # nor a signal handler that interrupts this very call can slip between its reads and
+            # writes; whoever swapped first wins and the other computes again from it.
+            before, explicit = self._options, self._explicit
+            after = before.updated(options)
+            with self._config_lock:
+                if self._options is before and self._explicit is explicit:
+                    self._options, self._explicit = after, {**explicit, **options}
+                    break
+        self._apply()
 
     # -- the hand-off (hot path) ---------------------------------------------------------------
 
@@ -176,7 +183,10 @@ class Bridge:
             raise not_a_coroutine("run_soon", coro)
         rt = self._rt
         if not rt.here[0]:  # not started in this process, or inherited through fork
-            rt = self._start_for(coro)
+            started = self._start_for(coro, defer=True)
+            if started is None:  # deferred until this thread's loop start ends
+                return True
+            rt = started
         if rt.closed:
             _drop(rt, coro, "closed")
             return False
@@ -192,13 +202,18 @@ class Bridge:
         # (submit() repeats these lines through _wake; inline here, a call costs the hot path.)
         if not rt.scheduled:
             rt.scheduled = True
-            rt.scheduled_at = _monotonic()
-            rt.starved = False  # a finding about an earlier wake-up is stale
             try:
+                rt.scheduled_at = _monotonic()
+                rt.starved = False  # a finding about an earlier wake-up is stale
                 rt.loop.call_soon_threadsafe(pull, rt)  # type: ignore[union-attr]
             except RuntimeError:  # the loop closed under us: shutdown raced this call
                 sweep(rt)
                 return True
+            except BaseException:
+                # Interrupted (Ctrl-C) between the flag and the queued wake-up: with the flag
+                # left set, no later caller would queue one and the loop would sleep forever.
+                rt.scheduled = False
+                raise
         elif backlog >= _BACKLOG_BEFORE_BACKOFF and (
             rt.starved if backlog & _LOOK_EVERY else _admission.is_starved(rt)
         ):
@@ -224,7 +239,7 @@ class Bridge:
             raise not_a_coroutine("submit", coro)
         rt = self._rt
         if not rt.here[0]:
-            rt = self._start_for(coro)
+            rt = self._start_for(coro)  # type: ignore[assignment]  # never None without defer
         if rt.closed:
             _drop(rt, coro, "closed", warn=False)
             if rt.dead:
@@ -245,13 +260,16 @@ class Bridge:
         """After an append: queue the loop's wake-up, or back off if it is overdue."""
         if not rt.scheduled:
             rt.scheduled = True
-            rt.scheduled_at = _monotonic()
-            rt.starved = False  # a finding about an earlier wake-up is stale
             try:
+                rt.scheduled_at = _monotonic()
+                rt.starved = False  # a finding about an earlier wake-up is stale
                 rt.loop.call_soon_threadsafe(pull, rt)  # type: ignore[union-attr]
             except RuntimeError:
                 sweep(rt)
                 return
+            except BaseException:  # see run_soon
+                rt.scheduled = False
+                raise
         elif backlog >= _BACKLOG_BEFORE_BACKOFF and (
             rt.starved if backlog & _LOOK_EVERY else _admission.is_starved(rt)
         ):
@@ -561,8 +579,28 @@ class Bridge:
 
     # -- process ownership ---------------------------------------------------------------------
 
-    def _start_for(self, coro: Coroutine[Any, Any, Any]) -> Runtime:
-        """Start the loop on first use; if that fails, close ``coro`` and re-raise."""
+    def _start_for(self, coro: Coroutine[Any, Any, Any], *, defer: bool = False) -> Runtime | None:
+        """Start the loop on first use; if that fails, close ``coro`` and re-raise.
+
+        Returns:
+            This process's runtime; None when ``coro`` was deferred instead (``defer``): a signal
+            handler interrupted this very thread while it was starting the loop, so the hand-off
+            is made, in the handler's context, as soon as the start ends.
+
+        Raises:
+            AsyncBridgeError: The same situation without ``defer`` (``submit``, ``run``): a
+                future cannot be handed back before there is a loop.
+        """
+        if self._lifecycle_owner.get(_getpid()) is threading.current_thread():
+            if defer:
+                context = _copy_context()
+                self._deferred.append(lambda: context.run(self.run_soon, coro))
+                return None
+            _close_quietly(coro)
+            raise AsyncBridgeError(
+                "submit() or run() was called from a signal handler that interrupted this "
+                "thread while it was starting the bridge loop; use run_soon() there"
+            )
         try:
             return self._runtime_here()
         except BaseException:

@@ -7,7 +7,15 @@ import inspect
 import math
 import threading
 
-__all__ = ["MAX_WAIT", "clamp_wait", "coroutine_name", "not_a_coroutine", "timeout_arg"]
+__all__ = [
+    "MAX_WAIT",
+    "brief",
+    "clamp_wait",
+    "coroutine_name",
+    "not_a_coroutine",
+    "shown",
+    "timeout_arg",
+]
 
 # The longest wait the threading primitives accept; a longer one raises OverflowError.
 MAX_WAIT = threading.TIMEOUT_MAX
@@ -28,14 +36,31 @@ def timeout_arg(api: str, value: object) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(
-            f"{api}() timeout must be a number of seconds or None, got {type(value).__name__} "
-            f"{value!r}"
-        )
+        raise TypeError(f"{api}() timeout must be a number of seconds or None, got {brief(value)}")
     seconds = float(value)
     if math.isnan(seconds):
         raise ValueError(f"{api}() timeout must be a number of seconds or None, got nan")
     return clamp_wait(seconds)
+
+
+def shown(value: object) -> str:
+    """A value's repr for an error message: cut short, one line, and never failing.
+
+    A repr may raise, be huge (a 1 MB string) or, for an int of more than 4,300 digits, refuse.
+    """
+    try:
+        text = str.__str__(repr(value))
+    except Exception:
+        return f"a {coroutine_name(type(value))} that cannot be shown"
+    if len(text) > 60 or not text.isprintable():
+        cut = text[:50].encode("unicode_escape").decode("ascii")[:50]
+        text = f"{cut}... ({len(text)} characters)"
+    return text
+
+
+def brief(value: object) -> str:
+    """``shown(value)`` preceded by the value's type: ``"int 3"``."""
+    return f"{coroutine_name(type(value))} {shown(value)}"
 
 
 def coroutine_name(obj: object) -> str:
@@ -48,6 +73,7 @@ def coroutine_name(obj: object) -> str:
         name = None
     if not isinstance(name, str):
         name = type(obj).__qualname__
+    name = str.__str__(name)  # a str subclass could lie about its length or printability
     if len(name) > _MAX_NAME or not name.isprintable():
         # A name set by hand may be huge or carry newlines (a forged log line): keep it one line.
         name = name[:_MAX_NAME].encode("unicode_escape").decode("ascii")[:_MAX_NAME]
@@ -59,7 +85,15 @@ _MAX_NAME = 200
 
 def not_a_coroutine(api: str, obj: object) -> TypeError:
     """A TypeError for ``api(obj)`` that says what ``obj`` is and how to pass a coroutine."""
-    name = getattr(obj, "__qualname__", type(obj).__qualname__)
+    try:
+        hint = _hint(api, obj)
+    except Exception:  # an object whose attributes raise: say what its type is, nothing more
+        hint = f"expected a coroutine object, got {coroutine_name(type(obj))}"
+    return TypeError(f"{api}() takes a coroutine object: {hint}")
+
+
+def _hint(api: str, obj: object) -> str:
+    name = coroutine_name(obj)  # never raises, one short printable line
     if obj is None:
         hint = (
             "got None; pass a coroutine object, such as notify(user_id), where notify is an "
@@ -82,7 +116,7 @@ def not_a_coroutine(api: str, obj: object) -> TypeError:
         )
     elif inspect.isawaitable(obj):
         hint = (
-            f"got the awaitable {type(obj).__qualname__}, which is not a coroutine; wrap it: "
+            f"got the awaitable {coroutine_name(type(obj))}, which is not a coroutine; wrap it: "
             "`async def job(): return await thing` and pass job()"
         )
     elif callable(obj):
@@ -91,5 +125,5 @@ def not_a_coroutine(api: str, obj: object) -> TypeError:
             "or run plain blocking code in a thread instead"
         )
     else:
-        hint = f"expected a coroutine object, got {type(obj).__qualname__}"
-    return TypeError(f"{api}() takes a coroutine object: {hint}")
+        hint = f"expected a coroutine object, got {coroutine_name(type(obj))}"
+    return hint

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 from ._api import default_bridge
 from ._bridge import SHUTDOWN_MARGIN, Bridge
 from ._errors import AsyncBridgeError
+from ._inputs import shown
 from ._signals import ignore_exit_signals
 
 __all__ = [
@@ -126,10 +128,12 @@ def worker_reload_mercy(opt: Mapping[str, Any]) -> float:
     if isinstance(raw, str):
         try:
             seconds = float(int(raw.strip()))
+        except OverflowError:  # more seconds than a float holds: no mercy limit to speak of
+            return math.inf
         except ValueError:
             _logger.warning(
-                "asyncbridge: cannot read worker-reload-mercy=%r; assuming uWSGI's default %gs",
-                raw,
+                "asyncbridge: cannot read worker-reload-mercy=%s; assuming uWSGI's default %gs",
+                shown(raw),
                 DEFAULT_WORKER_RELOAD_MERCY,
             )
             return DEFAULT_WORKER_RELOAD_MERCY
