@@ -143,7 +143,16 @@ def _defining_module(app: Any, modname: str, fullname: str) -> str | None:
     return None
 
 
+def _reread_index_when_pages_change(
+    app: Any, env: Any, added: set[str], changed: set[str], removed: set[str]
+) -> list[str]:
+    # The guides toctree is computed when index.md is read; an incremental build re-reads only
+    # changed files, so a guide added or removed since the last build must re-read the index.
+    return ["index"] if added or removed else []
+
+
 def setup(app: Any) -> None:
+    app.connect("env-get-outdated", _reread_index_when_pages_change)
     app.connect("viewcode-follow-imported", _defining_module)
     app.connect("source-read", _fill_placeholders)
     app.connect("autodoc-process-docstring", _keep_property_summary, priority=400)
