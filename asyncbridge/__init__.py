@@ -7,9 +7,11 @@ the worker exits. The server adapters are separate modules that this package doe
 """
 
 from ._api import (
+    batcher,
     configure,
     default_bridge,
     get_loop,
+    lane,
     run,
     run_soon,
     set_default_bridge,
@@ -18,9 +20,12 @@ from ._api import (
     stats,
     submit,
 )
+from ._batcher import Batcher
 from ._bridge import Bridge
 from ._config import Options
 from ._errors import AsyncBridgeError, BacklogFull, BridgeClosed
+from ._lane import Lane
+from ._retry import retrying
 from ._signals import install_signal_handlers
 from ._stats import ShutdownReport, Stats
 from ._version import __version__
@@ -28,16 +33,21 @@ from ._version import __version__
 __all__ = [
     "AsyncBridgeError",
     "BacklogFull",
+    "Batcher",
     "Bridge",
     "BridgeClosed",
+    "Lane",
     "Options",
     "ShutdownReport",
     "Stats",
     "__version__",
+    "batcher",
     "configure",
     "default_bridge",
     "get_loop",
     "install_signal_handlers",
+    "lane",
+    "retrying",
     "run",
     "run_soon",
     "set_default_bridge",

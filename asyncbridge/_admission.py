@@ -8,12 +8,10 @@ from typing import Any
 
 from ._errors import BacklogFull, BridgeClosed
 from ._inputs import coroutine_name
-from ._log import call_hook, close_quietly, logger
-from ._runtime import Runtime
+from ._log import call_hook, close_quietly
+from ._runtime import LaneState
 
-__all__ = ["back_off", "drop", "is_starved", "make_room"]
-
-DROP_WARNING_INTERVAL = 10.0
+__all__ = ["back_off", "drop", "is_starved", "make_room", "make_room_for_item", "refuse"]
 
 _monotonic = time.monotonic
 
@@ -36,27 +34,27 @@ BACKOFF = 0.0005
 MAX_BACKOFFS = 16
 
 
-def is_starved(rt: Runtime) -> bool:
+def is_starved(lane: LaneState) -> bool:
     """Read the clock: is the pending wake-up overdue, but not so late that the loop is blocked?"""
-    rt.starved = starved = (
-        rt.backoffs < MAX_BACKOFFS and STARVED < _monotonic() - rt.scheduled_at < GIVE_UP
+    lane.starved = starved = (
+        lane.backoffs < MAX_BACKOFFS and STARVED < _monotonic() - lane.scheduled_at < GIVE_UP
     )
     return starved
 
 
-def back_off(rt: Runtime) -> None:
+def back_off(lane: LaneState) -> None:
     """Sleep briefly so that a starved loop thread gets the GIL; never on the loop itself."""
-    if rt.in_loop_thread():  # the loop is the one we wait for
+    if lane.runtime.in_loop_thread():  # the loop is the one we wait for
         return
-    rt.backoffs += 1
-    if rt.backoffs > MAX_BACKOFFS:  # the loop had its chances: blocked, not starved
-        rt.starved = False
+    lane.backoffs += 1
+    if lane.backoffs > MAX_BACKOFFS:  # the loop had its chances: blocked, not starved
+        lane.starved = False
         return
     time.sleep(BACKOFF)
 
 
-def make_room(rt: Runtime, coro: Coroutine[Any, Any, Any], *, raise_full: bool = False) -> bool:
-    """The backlog is at ``max_pending``: wait for room (``on_full="block"``) or refuse ``coro``.
+def make_room(lane: LaneState, coro: Coroutine[Any, Any, Any], *, raise_full: bool = False) -> bool:
+    """The lane's backlog is at ``max_pending``: wait for room (``on_full="block"``) or refuse.
 
     Returns:
         True when room was found (``"block"`` only); False when ``coro`` was dropped.
@@ -65,79 +63,104 @@ def make_room(rt: Runtime, coro: Coroutine[Any, Any, Any], *, raise_full: bool =
         BacklogFull: ``raise_full`` (``submit``) or ``on_full="raise"``.
         BridgeClosed: ``raise_full`` and shutdown began while waiting.
     """
-    options = rt.options
+    return _room_or_refuse(lane, coroutine_name(coro), coro, raise_full)
+
+
+def make_room_for_item(lane: LaneState, name: str) -> bool:
+    """As :func:`make_room`, for one batcher item (named after the batcher's flush function).
+
+    Raises:
+        BacklogFull: The lane's ``on_full="raise"``.
+    """
+    return _room_or_refuse(lane, name, None, False)
+
+
+def _room_or_refuse(
+    lane: LaneState, name: str, coro: Coroutine[Any, Any, Any] | None, raise_full: bool
+) -> bool:
+    rt = lane.runtime
+    options = lane.options
     if options.on_full == "block" and not rt.in_loop_thread():
         deadline = time.monotonic() + options.block_timeout
-        with rt.room:
-            rt.room_waiters += 1
+        with lane.room:
+            lane.room_waiters += 1
             try:
-                while len(rt.inbox) + rt.running >= options.max_pending and not rt.closed:
+                # lane.options, not options: a configure() meanwhile may have raised the bound.
+                while lane.backlog() + lane.running >= lane.options.max_pending and not rt.closed:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
                     # Short slices: a wake-up sent just before we started waiting is not lost
                     # for longer than one slice.
-                    rt.room.wait(min(remaining, 0.05))
+                    lane.room.wait(min(remaining, 0.05))
                 else:
                     if not rt.closed:
                         return True
             except BaseException:
                 # Interrupted while waiting (KeyboardInterrupt, a signal handler's SystemExit):
-                # the coroutine was not accepted; refuse it properly before the error goes on.
-                drop(rt, coro, "full", warn=False)
+                # the work was not accepted; refuse it properly before the error goes on.
+                refuse(lane, name, "full", warn=False, coro=coro)
                 raise
             finally:
-                rt.room_waiters -= 1
+                lane.room_waiters -= 1
         if rt.closed:  # shutdown began while we waited
             if raise_full:
-                drop(rt, coro, "closed", warn=False)
+                refuse(lane, name, "closed", warn=False, coro=coro)
                 raise BridgeClosed("the bridge was shut down while waiting for room")
-            drop(rt, coro, "closed")
+            refuse(lane, name, "closed", coro=coro)
             return False
     if raise_full or options.on_full == "raise":
-        drop(rt, coro, "full", warn=False)
+        refuse(lane, name, "full", warn=False, coro=coro)
+        where = "" if lane is rt else f" of lane {lane.name!r}"
         raise BacklogFull(
-            f"asyncbridge backlog is full ({options.max_pending} pending); raise max_pending, "
-            "lower the rate, or use on_full='drop' or 'block'"
+            f"asyncbridge backlog{where} is full ({options.max_pending} pending); raise "
+            "max_pending, lower the rate, or use on_full='drop' or 'block'"
         )
-    drop(rt, coro, "full")
+    refuse(lane, name, "full", coro=coro)
     return False
 
 
-def drop(rt: Runtime, coro: Coroutine[Any, Any, Any], reason: str, *, warn: bool = True) -> None:
-    """Refuse ``coro``: close it, count it by reason, warn (rate-limited), call ``on_drop``."""
-    name = coroutine_name(coro)
-    close_quietly(coro)
+def drop(
+    lane: LaneState, coro: Coroutine[Any, Any, Any], reason: str, *, warn: bool = True
+) -> None:
+    """Refuse ``coro``: close it, count it by reason, warn (summarised), call ``on_drop``."""
+    refuse(lane, coroutine_name(coro), reason, warn=warn, coro=coro)
+
+
+def refuse(
+    lane: LaneState,
+    name: str,
+    reason: str,
+    *,
+    warn: bool = True,
+    coro: Coroutine[Any, Any, Any] | None = None,
+) -> None:
+    """Refuse a coroutine or a batcher's item named ``name``: count it by reason, warn, hook.
+
+    The first refusal of each reason is logged in full, then one summary per ``log_interval``
+    (see ``_failures``), as failures are.
+    """
+    if coro is not None:
+        close_quietly(coro)
+    rt = lane.runtime
     # No lock: a signal handler may drop work while the frame it interrupted is dropping too.
     # `x += 1` on an attribute has no point between its read and its write where CPython runs
     # a signal handler or switches threads (no call in between), unlike setattr(getattr()+1).
     # Drops are outside the accounting sum, so snapshots need no lock for them either.
     if reason == "full":
-        rt.dropped_full += 1
-        total = rt.dropped_full
+        lane.dropped_full += 1
+        total = lane.dropped_full
     else:
-        rt.dropped_closed += 1
-        total = rt.dropped_closed
-    now = time.monotonic()
-    last = rt.warned_at.get(reason)
-    warn = warn and (last is None or now - last >= DROP_WARNING_INTERVAL)
-    if warn:
-        rt.warned_at[reason] = now
+        lane.dropped_closed += 1
+        total = lane.dropped_closed
     if warn:
         if reason == "full":
-            why = f"the backlog is full ({rt.options.max_pending} pending)"
+            why = f"the backlog is full ({lane.options.max_pending} pending)"
         elif rt.dead:
             why = "the bridge loop thread died (see the error logged when it did)"
         else:
             why = "the bridge is shut down"
-        logger.warning(
-            "asyncbridge dropped %s: %s (%d dropped for this reason so far; warnings are "
-            "limited to one per %gs)",
-            name,
-            why,
-            total,
-            DROP_WARNING_INTERVAL,
-        )
-    hook = rt.options.on_drop
+        rt.summaries.drop(name, reason, why, total, lane=lane.name)
+    hook = lane.options.on_drop
     if hook is not None:
         call_hook(hook, "on_drop", name, reason)

@@ -35,6 +35,7 @@ class Options:
     block_timeout: float = 1.0
     drain_timeout: float = 10.0
     task_timeout: float | None = None
+    log_interval: float = 10.0
     loop_factory: LoopFactory | None = None
     on_error: ErrorHook | None = None
     on_drop: DropHook | None = None
@@ -106,6 +107,8 @@ def _validate(name: str, value: object) -> object:
         return _seconds(name, value, allow_zero=True)
     if name == "task_timeout":
         return _seconds(name, value, allow_none=True)
+    if name == "log_interval":
+        return _seconds(name, value)
     if name == "stall_warning":
         return _seconds(name, value, allow_none=True)
     if name == "status_dir":
@@ -155,6 +158,12 @@ def _parse_env_value(name: str, raw: str) -> object:
             return float(text)
         except ValueError:
             raise ValueError(f"{env} must be a number of seconds, got {raw!r}") from None
+    if name == "log_interval":
+        try:
+            return float(text)
+        except ValueError:
+            shown = repr(raw) if len(raw) <= 50 else f"{raw[:50]!r}... ({len(raw)} characters)"
+            raise ValueError(f"{env} must be a number of seconds, got {shown}") from None
     if name == "on_full":
         return text.lower()
     if name == "status_dir":

@@ -73,31 +73,39 @@ class Summaries:
     """Counts failures and refusals and logs them without flooding. Thread-safe.
 
     Args:
-        interval: Seconds between two summary lines of one group (the ``log_interval`` option).
+        interval: Seconds between two summary lines of one group (the ``log_interval`` option),
+            or a function that returns them (read each time, so that configure() acts at once).
         clock: A monotonic clock, for tests.
         log: The logger to write to.
     """
 
     def __init__(
         self,
-        interval: float = 10.0,
+        interval: float | Callable[[], float] = 10.0,
         *,
         clock: Callable[[], float] = time.monotonic,
         log: logging.Logger = logger,
     ) -> None:
-        self.interval = interval
+        self._interval = interval
         # Set by the runtime: schedule(delay) arranges a call of flush() after ``delay`` seconds
         # (on the loop). Without it, a window is summarised by the next event after its end, or
         # by flush(final=True) at shutdown.
         self.schedule: Callable[[float], object] | None = None
         self._clock = clock
         self._log = log
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler may refuse work while the frame it interrupted is counting.
+        self._lock = threading.RLock()
         self._groups: dict[tuple[str, ...], _Group] = {}
         self._window_start: float | None = None
         self._armed = False
         # The last time each kind was seen; a kind not seen for an interval is logged in full.
         self._seen: dict[tuple[str, ...], float] = {}
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two summary lines of one group."""
+        interval = self._interval
+        return interval() if callable(interval) else interval
 
     def failure(
         self, name: str, exc: BaseException, *, lane: str = "default", timed_out: bool = False

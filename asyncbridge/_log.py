@@ -22,11 +22,20 @@ def close_quietly(coro: object) -> None:
             logger.exception("asyncbridge could not close %s", coroutine_name(coro))
 
 
-def call_hook(hook: Callable[..., object], what: str, *args: object) -> None:
-    """Call a user hook (``on_error``, ``on_drop``); an exception is logged and ignored."""
+def call_hook(
+    hook: Callable[..., object], what: str, *args: object, loop_side: bool = False
+) -> None:
+    """Call a user hook (``on_error``, ``on_drop``); an exception is logged and ignored.
+
+    On the loop side (``loop_side``) even ``SystemExit`` and ``KeyboardInterrupt`` are: raised
+    there, they would escape the job's task and skip its bookkeeping, stalling the backlog. In
+    the caller's thread they reach the caller, as they would from any call.
+    """
     try:
         hook(*args)
-    except Exception:
+    except BaseException as exc:
+        if not loop_side and not isinstance(exc, Exception):
+            raise
         # The hook's name, not its repr: a functools.partial's repr shows the arguments bound
         # to it, which may be credentials.
         logger.exception("asyncbridge %s hook %s raised; ignored", what, coroutine_name(hook))

@@ -488,6 +488,7 @@ class Publisher:
         self.flags = LOOP_ALIVE
         self.seq = 0
         self.histograms_at = 0.0  # when the histograms were last written (monotonic)
+        self.catching_up = False  # a write of the histograms left out is scheduled
         self._names: dict[str, bytes] = {}
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -525,16 +526,20 @@ class Publisher:
         longest_stall: float = 0.0,
         abandoned: int = 0,
         histograms: bool = False,
-    ) -> None:
+    ) -> bool:
         """Publish each lane's counters (and, every ``HISTOGRAM_EVERY`` s or when
-        ``histograms``, its timing)."""
+        ``histograms``, its timing).
+
+        Returns:
+            True when timing was left out of this write (the caller writes again later).
+        """
         # With a timeout: a signal handler's shutdown on the thread that is writing must not
         # wait for itself (a skipped write is made up by the next one).
         if not self.lock.acquire(timeout=0.5):
-            return
+            return True
         try:
             if self.closed:
-                return
+                return False
             mm = self.map
             if len(lanes) > MAX_LANES:
                 lanes = _fold_lanes(lanes)
@@ -545,7 +550,9 @@ class Publisher:
                 pack(mm, offset, self._name(name), *counts)
                 offset += LANE_SIZE
             now = time.monotonic()
-            if histograms or now - self.histograms_at >= HISTOGRAM_EVERY:
+            timed = any(t is not None for _, _, t in lanes)
+            later = timed and not histograms and now - self.histograms_at < HISTOGRAM_EVERY
+            if timed and not later:
                 self.histograms_at = now
                 offset = HIST_OFFSET
                 for _, _, t in lanes:
@@ -566,6 +573,7 @@ class Publisher:
             )
             self.seq += 1
             _SEQ.pack_into(mm, _SEQ_OFFSET, self.seq)
+            return later
         finally:
             self.lock.release()
 
@@ -640,7 +648,16 @@ def attach(rt: Runtime) -> Publisher | None:
 
     def flush() -> None:
         pub.queued = False
-        write_runtime(rt, pub)
+        if write_runtime(rt, pub) and not pub.catching_up:
+            # The histograms were left out (written at most every HISTOGRAM_EVERY s): write
+            # them once more then, or an idle loop would leave them behind for good.
+            pub.catching_up = True
+            loop.call_later(HISTOGRAM_EVERY, catch_up)
+
+    def catch_up() -> None:
+        pub.catching_up = False
+        if not pub.queued:
+            flush()
 
     pub.flush = flush
     pub.state = RUNNING
@@ -660,15 +677,16 @@ def publish_soon(rt: Runtime) -> None:
         rt.loop.call_soon(pub.flush)  # type: ignore[union-attr]
 
 
-def write_runtime(rt: Runtime, pub: Publisher, *, abandoned: int = 0, final: bool = False) -> None:
-    """Write ``rt``'s counts now (the loop's flush, shutdown, the watchdog)."""
+def write_runtime(rt: Runtime, pub: Publisher, *, abandoned: int = 0, final: bool = False) -> bool:
+    """Write ``rt``'s counts now (the loop's flush, shutdown, the watchdog); True when its
+    timing was left for a later write."""
     stats = rt.snapshot()
     timing = rt.timing
     lanes = [
         (name, _counts_of(lane), timing if name == "default" else None)
         for name, lane in lanes_of(stats).items()
     ]
-    pub.write(
+    return pub.write(
         lanes,
         stalls=stats.stalls,
         longest_stall=stats.longest_stall,

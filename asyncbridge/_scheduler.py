@@ -1,4 +1,8 @@
-"""The loop side: the loop thread, pulling the inbox, starting tasks, and counting outcomes."""
+"""The loop side: the loop thread, pulling the inbox, starting tasks, and counting outcomes.
+
+Every function that takes a ``lane`` works on any lane's state; the default lane's is the
+runtime itself (``lane.runtime is lane``).
+"""
 
 from __future__ import annotations
 
@@ -13,15 +17,27 @@ from ._future import BridgeFuture
 from ._inputs import coroutine_name
 from ._log import call_hook, close_quietly, logger
 from ._publish import publish_soon
-from ._runtime import Item, Runtime
+from ._runtime import DEFAULT_LANE, BatchQueueLike, Item, LaneState, Runtime
 
 __all__ = [
     "LOOP_THREAD",
+    "apply_options",
+    "attach_queue",
     "cancel_unstarted",
+    "count_retry",
+    "current_lane",
+    "give_back_slot",
+    "is_idle",
+    "lane_state",
     "pull",
+    "rest",
+    "retake_slot",
     "run_loop",
+    "start_batch",
     "start_waiting",
     "sweep",
+    "take_batch",
+    "take_slot_back",
     "when_idle",
 ]
 
@@ -30,6 +46,7 @@ __all__ = [
 LOOP_THREAD = threading.local()
 
 _NO_LIMIT = 1 << 62
+_current_task = asyncio.current_task
 _monotonic = time.monotonic
 
 
@@ -45,6 +62,7 @@ def run_loop(rt: Runtime, owner: weakref.ref[Any]) -> None:
     loop = rt.loop
     assert loop is not None
     LOOP_THREAD.owner = owner
+    LOOP_THREAD.runtime = rt
     asyncio.set_event_loop(loop)
     try:
         while True:
@@ -79,58 +97,74 @@ def run_loop(rt: Runtime, owner: weakref.ref[Any]) -> None:
             sweep(rt)  # what waited can never start: count it cancelled, by name
 
 
-def pull(rt: Runtime) -> None:
+def pull(lane: LaneState) -> None:
     """The coalesced wake-up callers queue: start what waits in the inbox."""
+    rt = lane.runtime
     first_handoff = rt.scheduled_at
-    rt.scheduled = rt.starved = False
-    rt.backoffs = 0
+    lane.scheduled = lane.starved = False
+    lane.backoffs = 0
     if rt.timing is not None:
         rt.timing.pulled(rt.taken + len(rt.inbox), first_handoff)
-    start_waiting(rt)
+    start_waiting(lane)
 
 
-def start_waiting(rt: Runtime) -> None:
-    """Start waiting work, oldest first, up to ``max_concurrency`` running at once."""
-    inbox = rt.inbox
+def start_waiting(lane: LaneState) -> None:
+    """Start waiting work, oldest first, up to ``max_concurrency`` holding a slot at once.
+
+    Free slots go first to retries back from their sleep, then to the inbox, then to batchers'
+    due flushes.
+    """
+    rt = lane.runtime
+    if lane.returning:
+        _hand_back_slots(lane)
+    inbox = lane.inbox
     if not inbox:
+        if lane.queues:
+            _start_flushes(lane)
         return
     if rt.cleaning:
         cancel_unstarted(rt)
         return
-    options = rt.options
+    options = lane.options
     batch: list[Item] = []
     with rt.lock:
         rt.version += 1
-        room = (options.max_concurrency or _NO_LIMIT) - rt.running
+        room = (options.max_concurrency or _NO_LIMIT) - lane.busy
         while inbox and room > 0:
             batch.append(inbox.popleft())
             room -= 1
-        rt.taken += len(batch)
-        rt.running += len(batch)
+        lane.taken += len(batch)
+        lane.running += len(batch)
         rt.version += 1
+    lane.busy += len(batch)
     if rt.timing is not None:
         rt.timing.took(rt.taken - len(batch), len(batch), _monotonic(), rt.scheduled_at)
     publish_soon(rt)
     create_task = rt.loop.create_task  # type: ignore[union-attr]
     tasks = rt.tasks
+    lane_of = None if lane is rt else rt.lane_of
     timeout = options.task_timeout
     for coro, context, future in batch:
         if future is not None and not future.set_running_or_notify_cancel():
             close_quietly(coro)
-            _count(rt, "cancelled")
+            _count(lane, "cancelled")
             continue
-        task = create_task(_job(rt, coro, future, timeout), context=context)
-        tasks[coro] = task
+        task = create_task(_job(lane, coro, future, timeout), context=context)
+        tasks[task] = coro
+        if lane_of is not None:
+            lane_of[task] = lane
         if future is not None:
             future._task = task
             if future._cancel_requested:  # cancel() ran before the task existed
                 task.cancel()
-    if rt.room_waiters:
-        rt.notify_room()
+    if lane.queues:
+        _start_flushes(lane)
+    if lane.room_waiters:
+        lane.notify_room()
 
 
 async def _job(
-    rt: Runtime,
+    lane: LaneState,
     coro: Coroutine[Any, Any, Any],
     future: BridgeFuture[Any] | None,
     limit: float | None,
@@ -141,12 +175,13 @@ async def _job(
     callback's scheduling and a ``partial`` per job. Whatever the coroutine raises stays here:
     SystemExit and KeyboardInterrupt too, which asyncio would otherwise let out of the loop.
     """
-    handle = task = None
+    rt = lane.runtime
+    task = _current_task()
+    assert task is not None
+    handle = None
     timing = rt.timing
     began = 0.0 if timing is None else _monotonic()
     if limit is not None:
-        task = asyncio.current_task()
-        assert task is not None
         handle = rt.loop.call_later(limit, expire, rt, task)  # type: ignore[union-attr]
     exc: BaseException | None = None
     result: Any = None
@@ -163,18 +198,21 @@ async def _job(
         if task in rt.expired:
             rt.expired.discard(task)
             outcome = "timed_out"
-            exc = TimeoutError(f"exceeded task_timeout of {rt.options.task_timeout}s")
-    del rt.tasks[coro]
+            exc = TimeoutError(f"exceeded task_timeout of {lane.options.task_timeout}s")
+    del rt.tasks[task]
+    if lane is not rt:
+        del rt.lane_of[task]
     if timing is not None:
         timing.duration.add(_monotonic() - began)
     if outcome == "completed":  # most jobs: the same as _count, without getattr/setattr
         with rt.lock:
             rt.version += 1
-            rt.running -= 1
-            rt.completed += 1
+            lane.running -= 1
+            lane.completed += 1
             rt.version += 1
+        lane.busy -= 1
     else:
-        _count(rt, outcome)
+        _count(lane, outcome)
     pub = rt.publisher
     if pub is not None and not pub.queued:
         publish_soon(rt)
@@ -189,15 +227,13 @@ async def _job(
             assert exc is not None
             future.set_exception(exc)
     elif exc is not None:
-        _report_failure(rt, exc, coroutine_name(coro), outcome)
-    if rt.inbox:
-        start_waiting(rt)
-    elif rt.room_waiters:
-        rt.notify_room()
-    if rt.idle_waiters and rt.running == 0 and not rt.inbox:
-        waiters, rt.idle_waiters = rt.idle_waiters, []
-        for waiter in waiters:
-            waiter()
+        _report_failure(lane, exc, coroutine_name(coro), outcome)
+    if lane.inbox or lane.returning or lane.queues:
+        start_waiting(lane)
+    elif lane.room_waiters:
+        lane.notify_room()
+    if rt.idle_waiters and is_idle(rt):
+        _wake_idle_waiters(rt)
 
 
 def expire(rt: Runtime, task: asyncio.Task[Any]) -> None:
@@ -208,52 +244,296 @@ def expire(rt: Runtime, task: asyncio.Task[Any]) -> None:
         rt.expired.add(task)
 
 
-def _count(rt: Runtime, outcome: str) -> None:
+def _count(lane: LaneState, outcome: str, units: int = 1) -> None:
+    """One job (or a flush of ``units`` items) ended with ``outcome``; its slot is free."""
+    rt = lane.runtime
     with rt.lock:
         rt.version += 1
-        rt.running -= 1
-        setattr(rt, outcome, getattr(rt, outcome) + 1)
+        lane.running -= units
+        setattr(lane, outcome, getattr(lane, outcome) + units)
         rt.version += 1
+    lane.busy -= 1
 
 
-def _report_failure(rt: Runtime, exc: BaseException, name: str, outcome: str) -> None:
-    if outcome == "timed_out":
-        logger.error("asyncbridge task %s timed out: %s", name, exc)
-    else:
-        logger.error("asyncbridge task %s failed", name, exc_info=exc)
-    hook = rt.options.on_error
+def _report_failure(lane: LaneState, exc: BaseException, name: str, outcome: str) -> None:
+    # The first of each kind in full, then summaries (see _failures): an outage of a thousand
+    # failures a second must not write a thousand tracebacks a second.
+    lane.runtime.summaries.failure(name, exc, lane=lane.name, timed_out=outcome == "timed_out")
+    hook = lane.options.on_error
     if hook is not None:
-        call_hook(hook, "on_error", exc, name)
+        call_hook(hook, "on_error", exc, name, loop_side=True)
 
 
 def when_idle(rt: Runtime, callback: Callable[[], object]) -> None:
-    """Call ``callback`` on the loop once nothing is pending or running."""
-    start_waiting(rt)
-    if rt.running == 0 and not rt.inbox:
+    """Call ``callback`` on the loop once nothing is pending or running, in any lane.
+
+    Batchers' waiting items are due at once (whoever waits for idle wants them sent). Once
+    admission is closed (shutdown's drain), retries asleep are woken to decide whether another
+    try still fits before the drain deadline.
+    """
+    lanes = list(rt.lanes.values())
+    for lane in lanes:
+        for queue in lane.queues:
+            queue.hurry()
+    if rt.closed:
+        for sleep in list(rt.resting):
+            if not sleep.done():
+                sleep.set_result(None)
+    for lane in lanes:
+        start_waiting(lane)
+    if is_idle(rt):
         callback()
     else:
         rt.idle_waiters.append(callback)
 
 
+def is_idle(rt: Runtime) -> bool:
+    """Nothing pending or running in any lane of ``rt``."""
+    for lane in list(rt.lanes.values()):
+        if lane.running or lane.inbox or (lane.queues and lane.backlog()):
+            return False
+    return True
+
+
+def _wake_idle_waiters(rt: Runtime) -> None:
+    waiters, rt.idle_waiters = rt.idle_waiters, []
+    for waiter in waiters:
+        waiter()
+
+
 def cancel_unstarted(rt: Runtime) -> None:
-    """Take every item left in the inbox and cancel it (counted, named, closed)."""
-    inbox = rt.inbox
-    items: list[Item] = []
-    with rt.lock:
-        rt.version += 1
-        while inbox:
-            items.append(inbox.popleft())
-        rt.taken += len(items)
-        rt.cancelled += len(items)
-        rt.version += 1
-    rt.cancelled_names.extend(coroutine_name(coro) for coro, _, _ in items)
-    for coro, _, future in items:
-        close_quietly(coro)
-        if future is not None:
-            future.cancel()
+    """Take every item left in every lane (inboxes, batchers) and cancel it: counted, named."""
+    for lane in list(rt.lanes.values()):
+        inbox = lane.inbox
+        items: list[Item] = []
+        names: list[str] = []
+        with rt.lock:
+            rt.version += 1
+            while inbox:
+                items.append(inbox.popleft())
+            taken = len(items)
+            for queue in lane.queues:
+                waiting = len(queue.take_all())
+                taken += waiting
+                names.extend([queue.name] * waiting)
+            lane.taken += taken
+            lane.cancelled += taken
+            rt.version += 1
+        rt.cancelled_names.extend(coroutine_name(coro) for coro, _, _ in items)
+        rt.cancelled_names.extend(names)
+        for coro, _, future in items:
+            close_quietly(coro)
+            if future is not None:
+                future.cancel()
 
 
 def sweep(rt: Runtime) -> None:
     """Cancel what is left in the inbox once the loop is gone (shutdown, or a racing caller)."""
     if rt.finished or (rt.loop is not None and rt.loop.is_closed()):
         cancel_unstarted(rt)
+
+
+# -- lanes ----------------------------------------------------------------------------------------
+
+
+def lane_state(rt: Runtime, name: str, explicit: dict[str, Any]) -> LaneState:
+    """The lane ``name`` of ``rt``, made with the bridge's options and ``explicit`` over them.
+
+    A lane that exists already is returned as it is (the first maker's options win).
+    """
+    if name == DEFAULT_LANE:
+        return rt
+    with rt.lock:
+        lane = rt.lanes.get(name)
+        if lane is None:
+            lane = LaneState(rt, name, dict(explicit), rt.options.updated(explicit))
+            rt.version += 1
+            rt.lanes = {**rt.lanes, name: lane}  # replaced whole: readers iterate without a lock
+            rt.version += 1
+        return lane
+
+
+def apply_options(lane: LaneState, bridge_options: Any) -> None:
+    """The bridge's options changed (or the lane's own): recompute what the lane has in force."""
+    if lane is lane.runtime:
+        return  # the default lane's options are the bridge's own
+    lane.options = bridge_options.updated(lane.explicit)
+
+
+def attach_queue(lane: LaneState, queue: BatchQueueLike) -> None:
+    """A batcher's queue starts in this lane (its items count in the lane's backlog)."""
+    rt = lane.runtime
+    with rt.lock:
+        rt.version += 1
+        lane.queues = [*lane.queues, queue]
+        rt.version += 1
+
+
+# -- retries: a sleep without a slot --------------------------------------------------------------
+
+
+def current_lane() -> LaneState | None:
+    """The lane of the job running in the current task, or None outside a bridge's own job.
+
+    Only the task a lane started counts: a task that a job spawns holds no slot of its own.
+    """
+    rt: Runtime | None = getattr(LOOP_THREAD, "runtime", None)
+    if rt is None:
+        return None
+    task = _current_task()
+    if task is None or task not in rt.tasks:
+        return None
+    return rt.lane_of.get(task, rt)
+
+
+def count_retry(lane: LaneState) -> None:
+    """A job tries again (``Stats.retries``)."""
+    rt = lane.runtime
+    with rt.lock:
+        rt.version += 1
+        lane.retries += 1
+        rt.version += 1
+
+
+def give_back_slot(lane: LaneState) -> None:
+    """The running job sleeps: its slot goes to what waits for one."""
+    lane.busy -= 1
+    if lane.inbox or lane.returning or lane.queues:
+        start_waiting(lane)
+
+
+def retake_slot(lane: LaneState) -> None:
+    """The job ends without waiting for a slot again (it gave up, or was cancelled asleep).
+
+    It takes its slot back at once, perhaps one over the limit for this moment, so that its end
+    gives back exactly what it holds.
+    """
+    lane.busy += 1
+
+
+async def take_slot_back(lane: LaneState) -> None:
+    """Wait for a free slot of ``lane`` after a sleep; returning jobs go before new work."""
+    limit = lane.options.max_concurrency
+    if limit is None or (lane.busy < limit and not lane.returning):
+        lane.busy += 1
+        return
+    loop = lane.runtime.loop
+    assert loop is not None
+    turn: asyncio.Future[None] = loop.create_future()
+    lane.returning.append(turn)
+    try:
+        await turn
+    except BaseException:
+        if not (turn.done() and not turn.cancelled()):  # not handed a slot: take one to give
+            lane.busy += 1
+        raise
+
+
+def _hand_back_slots(lane: LaneState) -> None:
+    limit = lane.options.max_concurrency or _NO_LIMIT
+    returning = lane.returning
+    while returning and lane.busy < limit:
+        turn = returning.popleft()
+        if not turn.done():
+            lane.busy += 1
+            turn.set_result(None)
+
+
+async def rest(rt: Runtime, seconds: float) -> None:
+    """Sleep up to ``seconds``; a drain that begins meanwhile ends the sleep early."""
+    loop = rt.loop
+    assert loop is not None
+    sleep: asyncio.Future[None] = loop.create_future()
+    rt.resting.add(sleep)
+    handle = loop.call_later(seconds, _end_rest, sleep)
+    try:
+        await sleep
+    finally:
+        handle.cancel()
+        rt.resting.discard(sleep)
+
+
+def _end_rest(sleep: asyncio.Future[None]) -> None:
+    if not sleep.done():
+        sleep.set_result(None)
+
+
+# -- batches: a flush of many items in one slot ------------------------------------------------
+
+
+def _start_flushes(lane: LaneState) -> None:
+    if lane.runtime.cleaning:
+        return
+    room = (lane.options.max_concurrency or _NO_LIMIT) - lane.busy
+    for queue in lane.queues:
+        if room <= 0:
+            break
+        room -= queue.start(room)
+
+
+def take_batch(lane: LaneState, items: Any, size: int) -> list[Any]:
+    """Take up to ``size`` of a queue's ``items`` for a flush: counted as taken and running."""
+    rt = lane.runtime
+    with rt.lock:
+        rt.version += 1
+        batch = [items.popleft() for _ in range(min(size, len(items)))]
+        lane.taken += len(batch)
+        lane.running += len(batch)
+        rt.version += 1
+    if batch:
+        lane.busy += 1
+    if lane.room_waiters:
+        lane.notify_room()
+    return batch
+
+
+def start_batch(lane: LaneState, coro: Coroutine[Any, Any, Any], units: int, name: str) -> None:
+    """Run a flush of ``units`` items (taken by :func:`take_batch`) as one of the lane's jobs."""
+    rt = lane.runtime
+    loop = rt.loop
+    assert loop is not None
+    task = loop.create_task(_batch_job(lane, coro, units, name, lane.options.task_timeout))
+    rt.tasks[task] = coro
+    if lane is not rt:
+        rt.lane_of[task] = lane
+
+
+async def _batch_job(
+    lane: LaneState, coro: Coroutine[Any, Any, Any], units: int, name: str, limit: float | None
+) -> None:
+    """A flush, counting its outcome for each of its ``units`` items; see :func:`_job`."""
+    rt = lane.runtime
+    task = _current_task()
+    assert task is not None
+    handle = None
+    if limit is not None:
+        handle = rt.loop.call_later(limit, expire, rt, task)  # type: ignore[union-attr]
+    exc: BaseException | None = None
+    try:
+        await coro
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+    except BaseException as error:
+        outcome, exc = "failed", error
+    else:
+        outcome = "completed"
+    if handle is not None:
+        handle.cancel()
+        if task in rt.expired:
+            rt.expired.discard(task)
+            outcome = "timed_out"
+            exc = TimeoutError(f"exceeded task_timeout of {lane.options.task_timeout}s")
+    del rt.tasks[task]
+    if lane is not rt:
+        del rt.lane_of[task]
+    _count(lane, outcome, units)
+    if outcome == "cancelled" and rt.closed:
+        rt.cancelled_names.extend([name] * units)
+    if exc is not None:
+        _report_failure(lane, exc, name, outcome)
+    if lane.inbox or lane.returning or lane.queues:
+        start_waiting(lane)
+    elif lane.room_waiters:
+        lane.notify_room()
+    if rt.idle_waiters and is_idle(rt):
+        _wake_idle_waiters(rt)

@@ -69,7 +69,7 @@ async def _cleanup(rt: Runtime, cleaned: threading.Event, budget: float) -> None
     rt.cleaning = True
     try:
         cancel_unstarted(rt)
-        tasks = [t for t in rt.tasks.values() if not t.done()]
+        tasks = [t for t in rt.tasks if not t.done()]
         for task in tasks:
             task.cancel()
         if tasks:

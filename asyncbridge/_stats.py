@@ -30,6 +30,10 @@ class Stats:
         loop_running: Whether this process's loop thread is alive.
         loop_restarts: Times something other than shutdown called ``loop.stop()`` on the bridge
             loop; each time the loop resumed at once and nothing was lost (each is logged).
+        retries: Tries that :func:`asyncbridge.retrying` made again after a failure worth
+            retrying (the first try of each job is not a retry).
+        lanes: Each lane's own snapshot, by name, ``"default"`` included (the total's only: a
+            lane's snapshot has no lanes). The figures above are their sum.
         stalls: Episodes in which the loop had no turn for ``stall_warning`` seconds or more
             (each logged when it starts and when it ends).
         longest_stall: The longest of those episodes so far, in seconds, the one in progress
@@ -47,6 +51,8 @@ class Stats:
     pid: int = 0
     loop_running: bool = False
     loop_restarts: int = 0
+    retries: int = 0
+    lanes: Mapping[str, Stats] = field(default_factory=dict)
     stalls: int = 0
     longest_stall: float = 0.0
 
@@ -103,6 +109,14 @@ class ShutdownReport:
             f" timed_out={s.timed_out} cancelled={s.cancelled}",
             f"dropped_full={s.dropped.get('full', 0)} dropped_closed={s.dropped.get('closed', 0)}",
         ]
+        if s.retries:
+            parts.append(f"retries={s.retries}")
+        if len(s.lanes) > 1:  # each lane that was used, apart
+            parts.extend(
+                f"| lane {name}: {_figures(lane)}"
+                for name, lane in s.lanes.items()
+                if lane.accepted or lane.dropped_total
+            )
         if self.abandoned:
             parts.append(
                 f"abandoned={self.abandoned} (still running at the end: a blocked loop or a "
@@ -113,6 +127,16 @@ class ShutdownReport:
         if self.cancelled_names:
             parts.append("cancelled at the deadline: " + _summarize(self.cancelled_names))
         return " ".join(parts)
+
+
+def _figures(s: Stats) -> str:
+    """One lane's figures, for the report's breakdown."""
+    text = (
+        f"accepted={s.accepted} completed={s.completed} failed={s.failed}"
+        f" timed_out={s.timed_out} cancelled={s.cancelled}"
+        f" dropped_full={s.dropped.get('full', 0)} dropped_closed={s.dropped.get('closed', 0)}"
+    )
+    return f"{text} retries={s.retries}" if s.retries else text
 
 
 def _summarize(names: tuple[str, ...]) -> str:
