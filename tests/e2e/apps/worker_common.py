@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncbridge
+import asyncbridge.aiohttp
 from asyncbridge.aiohttp import post_json
 
 __all__ = ["ADAPTER", "REDIS_URL", "Ledger", "environment", "hand_off", "read_ledger", "record"]
@@ -29,6 +30,13 @@ SINK_URL = os.environ.get("ABTEST_SINK_URL", "")
 LEDGER = os.environ.get("ABTEST_LEDGER", "")
 REDIS_URL = os.environ.get("ABTEST_REDIS_URL", "")
 ADAPTER = os.environ.get("ABTEST_ADAPTER", "1") == "1"
+
+if LEDGER:  # in the worker processes only; the test process imports this module too
+    # Sized for the tests: a process may hold a few hundred posts to a sink that answers after
+    # seconds. With the defaults (100 running, 100 connections) the rest would wait behind them,
+    # and the drain deadline would cancel them (counted, and named in the report).
+    asyncbridge.configure(max_concurrency=1000)
+    asyncbridge.aiohttp.configure(limit=1000)
 
 
 def environment(*, redis_url: str, sink_url: str, ledger: Path, adapter: bool) -> dict[str, str]:
