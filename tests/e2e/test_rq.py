@@ -82,7 +82,7 @@ def _burst(
         "abtest",
     ]
     with running(argv, log=tmp_path / "rq.log", env=env) as worker:
-        assert worker.wait(50) == 0, worker.output()[-4000:]
+        assert worker.wait(80) == 0, worker.output()[-4000:]
         log = worker.output()
     assert wait_until(lambda: sink.requests == sink.received + _abandoned(sink), SINK_DELAY + 5)
     return read_ledger(ledger_path), [m.groupdict() for m in REPORT.finditer(log)]
@@ -103,7 +103,7 @@ def _assert_all_received(n: int, ledger: Ledger, sink: Sink) -> None:
 def test_rq_worker_horse_drains_before_it_exits(
     redis: RedisServer, sink: Sink, tmp_path: Path
 ) -> None:
-    n = 40
+    n = 30
     ledger, reports = _burst(n, "asyncbridge.rq.Worker", redis, sink, tmp_path)
     _assert_all_received(n, ledger, sink)
     horses = [r for r in reports if r["where"].startswith("work horse")]
@@ -172,6 +172,6 @@ def test_example_jobs_deliver_every_notification(
     argv = [PYTHON, "-m", "rq.cli", "worker", "--burst", "--url", redis.url]
     argv += ["--worker-class", "asyncbridge.rq.Worker", "--name", f"example-{tmp_path.name}"]
     with running(argv, log=tmp_path / "rq.log", env=env, cwd=example) as worker:
-        assert worker.wait(50) == 0, worker.output()[-4000:]
+        assert worker.wait(80) == 0, worker.output()[-4000:]
     assert wait_until(lambda: sink.requests == sink.received + _abandoned(sink), SINK_DELAY + 5)
     assert dict(sink.ids) == {f"e{i}": 1 for i in range(n)}
