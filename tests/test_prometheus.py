@@ -236,3 +236,37 @@ def test_multiprocess_mode_marks_a_gone_worker_dead_and_counts_its_losses(tmp_pa
     assert "app_requests_total 7.0" in lines  # the app's own metrics, through multiprocess mode
     assert not any(line.startswith("app_inflight") and "5.0" in line for line in lines)
     assert "ended without draining: at least 3 accepted jobs unfinished (lost)" in done.stderr
+
+
+_DJANGO_VIEW = """
+import os, sys
+import django
+from django.conf import settings
+settings.configure(ALLOWED_HOSTS=["testserver"], ROOT_URLCONF=__name__, DEBUG=False)
+django.setup()
+from django.test import RequestFactory
+sys.path.insert(0, "examples/operators")
+from django_metrics import metrics
+response = metrics(RequestFactory().get("/metrics"))
+print(response.status_code, response["Content-Type"])
+print(response.content.decode())
+"""
+
+
+def test_the_django_example_view_serves_the_directory(directory: Path) -> None:
+    pytest.importorskip("django", reason="Django is in the e2e dependency group")
+    env = {**os.environ, "ASYNCBRIDGE_STATUS_DIR": str(directory)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    done = subprocess.run(
+        [sys.executable, "-c", _DJANGO_VIEW],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    status_line, _, body = done.stdout.partition("\n")
+    assert status_line.startswith("200 text/plain; version=")
+    assert 'asyncbridge_jobs_accepted_total{lane="default"} 24.0' in body

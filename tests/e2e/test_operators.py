@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -98,6 +99,7 @@ def settled(status: Path, completed_or_failed: int) -> bool:
 
 
 def metrics(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The asyncbridge samples at ``base``/metrics."""
     status, body = http_get(base + "/metrics")
     assert status == 200
     return {
@@ -303,3 +305,42 @@ def test_status_command_shows_each_live_worker_and_totals(tmp_path: Path) -> Non
     assert "2 live, 0 gone and not yet counted, 0 exited and counted" in done.stdout
     per_worker = sum(int(rows[str(pid)][2]) for pid in workers)
     assert per_worker == 53
+
+
+def test_the_example_config_serves_every_workers_metrics_from_a_view_and_a_port(
+    tmp_path: Path,
+) -> None:
+    example = ROOT / "examples" / "operators"
+    port, metrics_port = free_port(), free_port()
+    status = tmp_path / "metrics"
+    with Sink() as push:
+        env = {
+            "PROMETHEUS_MULTIPROC_DIR": str(status),
+            "METRICS_PORT": str(metrics_port),
+            "BIND": f"127.0.0.1:{port}",
+            "PUSH_URL": push.url,
+            "PYTHONPATH": str(example),
+        }
+        argv = [PYTHON, "-m", "gunicorn", "app:app"]  # ./gunicorn.conf.py, read without -c
+        with running(argv, log=tmp_path / "gunicorn.log", env=env, cwd=example) as server:
+            base = f"http://127.0.0.1:{port}"
+            wait_http(f"http://127.0.0.1:{metrics_port}/", 30, server.proc)
+
+            def signup(i: int) -> None:
+                req = urllib.request.Request(f"{base}/signup/u{i}", method="POST")
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    assert resp.read() == b"welcome\n"
+
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(signup, range(40)))
+            assert wait_until(lambda: push.received == 40, 30)
+            key = ("asyncbridge_jobs_completed_total", lane())
+            assert wait_until(lambda: metrics(base).get(key) == 40, 30)
+            from_view = metrics(base)
+            from_port = metrics(f"http://127.0.0.1:{metrics_port}")
+            out = stop(server)
+    for scraped in (from_view, from_port):
+        assert scraped[("asyncbridge_jobs_accepted_total", lane())] == 40
+        assert scraped[("asyncbridge_jobs_completed_total", lane())] == push.received == 40
+        assert scraped[("asyncbridge_jobs_lost_total", lane())] == 0
+    assert out.count("asyncbridge shutdown of pid") == 2

@@ -1,0 +1,278 @@
+"""What the operators' view costs: the stall watchdog, publishing the counts, the metrics.
+
+Run: ``.venv/bin/python bench/operators.py`` (``--smoke`` for a short run; ``--no-seed`` skips
+the gunicorn part, which takes most of the time).
+
+Every table compares, in the same run, interleaved:
+
+* ``off``: ``stall_warning=None`` and no status directory, which is the core as it was before
+  the watchdog and the publishing existed (neither does anything then);
+* ``watchdog``: the default, ``stall_warning=1.0``;
+* ``watchdog + publishing``: also a status directory, so the loop rewrites the process's status
+  file at most once per loop turn and times every job for the histograms; this is everything
+  the Prometheus metrics need in a worker (the collector itself runs at scrape time only).
+
+Tables:
+
+1. idle: the process's CPU over ``--idle`` seconds with a started bridge and nothing to do, and
+   the share of one core that is;
+2. burst: 50,000 no-op jobs handed off back to back: the caller's time per hand-off, and process
+   and loop-thread CPU per job from the first hand-off until the last job has finished;
+3. one write: what one update of a worker's figures costs, asyncbridge's status file against
+   prometheus_client's multiprocess files (one locked write per value), in a fresh interpreter;
+4. the seed scenario (bench/seed_scenario.py: gunicorn, 2 sync workers, one notification per
+   request to a sink answering in 100 ms, saturated with 8 connections): req/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from _common import ROOT, machine, print_table, target_line, wait_for
+
+import asyncbridge
+
+CONFIGS: dict[str, dict[str, object]] = {
+    "off": {"stall_warning": None},
+    "watchdog": {},
+    "watchdog + publishing": {"status_dir": ""},  # a fresh directory per run
+}
+
+
+async def _noop() -> None:
+    return None
+
+
+def _thread_cpu(thread: threading.Thread) -> Callable[[], float]:
+    assert thread.ident is not None
+    clock = time.pthread_getcpuclockid(thread.ident)
+    return lambda: time.clock_gettime(clock)
+
+
+def _bridge(config: str, tmp: str, **extra: object) -> asyncbridge.Bridge:
+    options: dict[str, object] = {**CONFIGS[config], **extra}
+    if "status_dir" in options:
+        options["status_dir"] = tempfile.mkdtemp(dir=tmp)
+    return asyncbridge.Bridge(**options)
+
+
+def idle(config: str, seconds: float, tmp: str) -> float:
+    """Process CPU seconds over ``seconds`` of an idle, started bridge."""
+    bridge = _bridge(config, tmp)
+    bridge.start()
+    bridge.run(_noop(), timeout=5)
+    time.sleep(0.5)  # past the start
+    cpu0 = time.process_time()
+    time.sleep(seconds)
+    cpu = time.process_time() - cpu0
+    bridge.shutdown(5, log=False)
+    return cpu
+
+
+def burst(config: str, n: int, tmp: str) -> tuple[float, float, float]:
+    """(caller ns per hand-off, process us per job, loop-thread us per job) for a burst."""
+    bridge = _bridge(config, tmp, max_pending=n + 10, max_concurrency=None)
+    bridge.start()
+    thread = bridge._rt.thread
+    assert thread is not None
+    loop_cpu = _thread_cpu(thread)
+    coros = [_noop() for _ in range(n)]
+    gc.collect()
+    run_soon = bridge.run_soon
+    cpu0, loop0, wall0 = time.process_time(), loop_cpu(), time.perf_counter()
+    for coro in coros:
+        run_soon(coro)
+    caller = time.perf_counter() - wall0
+    wait_for(lambda: bridge.stats().completed == n, 120, "the burst to finish")
+    cpu, loop = time.process_time() - cpu0, loop_cpu() - loop0
+    report = bridge.shutdown(5, log=False)
+    assert report.stats.completed == n, report
+    return caller / n * 1e9, cpu / n * 1e6, loop / n * 1e6
+
+
+_ONE_WRITE = """
+import os, sys, tempfile, timeit
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp()
+from prometheus_client import Counter, Gauge, Histogram
+from asyncbridge._publish import Publisher, Timing, DURATION_BOUNDS
+
+n = int(sys.argv[1])
+pub = Publisher(tempfile.mkdtemp())
+timing = Timing()
+counts = tuple(range(11))
+lanes = [("default", counts, timing)]
+ours_counters = min(timeit.repeat(lambda: pub.write(lanes), number=n, repeat=5)) / n
+ours_all = min(timeit.repeat(lambda: pub.write(lanes, histograms=True), number=n, repeat=5)) / n
+
+# The same update through prometheus_client's multiprocess mode: the counters that changed in a
+# busy turn (accepted, completed), the two gauges, and one observation in each histogram.
+acc = Counter("a", "x", ["lane"]).labels("default")
+done = Counter("c", "x", ["lane"]).labels("default")
+pending = Gauge("p", "x", ["lane"], multiprocess_mode="livesum").labels("default")
+running = Gauge("r", "x", ["lane"], multiprocess_mode="livesum").labels("default")
+wait = Histogram("w", "x", ["lane"]).labels("default")
+duration = Histogram("d", "x", ["lane"], buckets=DURATION_BOUNDS).labels("default")
+
+def theirs():
+    acc.inc(1); done.inc(1); pending.set(0); running.set(3)
+    wait.observe(0.002); duration.observe(0.1)
+
+theirs_turn = min(timeit.repeat(theirs, number=n, repeat=5)) / n
+print(ours_counters, ours_all, theirs_turn)
+"""
+
+
+def one_write(n: int) -> tuple[float, float, float]:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_ONE_WRITE), str(n)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=True,
+    )
+    a, b, c = (float(x) for x in done.stdout.split())
+    return a, b, c
+
+
+def seed(config: str, seconds: float, tmp: str) -> tuple[float, int, int]:
+    """(req/s, accepted, received) of one saturated seed-scenario run under ``config``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import seed_scenario
+
+    saved = {k: os.environ.get(k) for k in ("ASYNCBRIDGE_STALL_WARNING", "ASYNCBRIDGE_STATUS_DIR")}
+    try:
+        os.environ.pop("ASYNCBRIDGE_STATUS_DIR", None)
+        if config == "off":
+            os.environ["ASYNCBRIDGE_STALL_WARNING"] = "none"
+        else:
+            os.environ.pop("ASYNCBRIDGE_STALL_WARNING", None)
+        if config == "watchdog + publishing":
+            os.environ["ASYNCBRIDGE_STATUS_DIR"] = tempfile.mkdtemp(dir=tmp)
+        run = seed_scenario.one_run(
+            "asyncbridge", "saturation", seconds, seed_scenario.ensure_wrk(), 300.0
+        )
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return run.rps, run.accepted, run.received
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="the operators' view: what it costs")
+    parser.add_argument("--runs", type=int, default=5, help="interleaved runs per config (5)")
+    parser.add_argument("--idle", type=float, default=20.0, help="idle seconds per run (20)")
+    parser.add_argument("--burst", type=int, default=50_000, help="jobs per burst (50,000)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="seed load per run (8)")
+    parser.add_argument("--seed-runs", type=int, default=5, help="seed runs per config (5)")
+    parser.add_argument("--no-seed", action="store_true", help="skip the gunicorn seed scenario")
+    parser.add_argument("--smoke", action="store_true", help="a few seconds in all")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.runs, args.idle, args.burst, args.no_seed = 1, 0.5, 2000, True
+    print("# the operators' view: watchdog, publishing, metrics")
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory(prefix="bench-operators-") as tmp:
+        idle_cpu: dict[str, list[float]] = {c: [] for c in CONFIGS}
+        bursts: dict[str, list[tuple[float, float, float]]] = {c: [] for c in CONFIGS}
+        for _ in range(args.runs):
+            for config in CONFIGS:
+                idle_cpu[config].append(idle(config, args.idle, tmp))
+                bursts[config].append(burst(config, args.burst, tmp))
+        rows: list[list[object]] = []
+        for config, cpus in idle_cpu.items():
+            med = statistics.median(cpus)
+            rows.append([config, med * 1e3, 100 * med / args.idle])
+        print_table(
+            f"idle: process CPU over {args.idle:g} s (medians of {args.runs})",
+            ["config", "CPU ms", "% of one core"],
+            rows,
+        )
+        rows = []
+        for config, runs in bursts.items():
+            rows.append([config, *(statistics.median(r[i] for r in runs) for i in range(3))])
+        print_table(
+            f"burst of {args.burst:,} no-op jobs (medians of {args.runs})",
+            ["config", "caller ns per hand-off", "process us per job", "loop us per job"],
+            rows,
+        )
+        ours_counters, ours_all, theirs = one_write(2000 if args.smoke else 100_000)
+        print_table(
+            "one update of a worker's figures (best of 5)",
+            ["writer", "us per update"],
+            [
+                ["asyncbridge status file: counters (each loop turn)", ours_counters * 1e6],
+                ["asyncbridge status file: counters and histograms", ours_all * 1e6],
+                [
+                    "prometheus_client multiprocess: 2 counters, 2 gauges, 2 observations",
+                    theirs * 1e6,
+                ],
+            ],
+        )
+        seeds: dict[str, list[tuple[float, int, int]]] = {c: [] for c in CONFIGS}
+        if not args.no_seed:
+            for _ in range(args.seed_runs):
+                for config in CONFIGS:
+                    seeds[config].append(seed(config, args.seconds, tmp))
+            rows = []
+            for config, seed_runs in seeds.items():
+                accepted = sum(r[1] for r in seed_runs)
+                received = sum(r[2] for r in seed_runs)
+                rows.append(
+                    [config, statistics.median(r[0] for r in seed_runs), f"{received}/{accepted}"]
+                )
+            print_table(
+                f"seed scenario at saturation (medians of {args.seed_runs})",
+                ["config", "req/s", "received/accepted"],
+                rows,
+            )
+    print("\n### targets (ratios from this run)\n")
+    off_idle = statistics.median(idle_cpu["off"])
+    for config in ("watchdog", "watchdog + publishing"):
+        extra = statistics.median(idle_cpu[config]) - off_idle
+        target_line(
+            f"idle: {config} over off, % of one core",
+            max(0.0, 100 * extra / args.idle),
+            "<=",
+            1.0,
+            "medians",
+        )
+    off_caller = statistics.median(r[0] for r in bursts["off"])
+    for config in ("watchdog", "watchdog + publishing"):
+        target_line(
+            f"burst: {config} / off, caller per hand-off",
+            statistics.median(r[0] for r in bursts[config]) / off_caller,
+            "<=",
+            1.05,
+            "medians",
+        )
+    if not args.no_seed:
+        off_rps = statistics.median(r[0] for r in seeds["off"])
+        for config in ("watchdog", "watchdog + publishing"):
+            target_line(
+                f"seed scenario: {config} / off req/s",
+                statistics.median(r[0] for r in seeds[config]) / off_rps,
+                ">=",
+                0.98,
+                "medians",
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
