@@ -71,10 +71,13 @@ class Culprit:
         return f"{self.filename}:{self.lineno} in {self.function}"
 
     def __str__(self) -> str:
+        if self.coroutine.startswith("("):  # no coroutine of the app's is on the stack
+            return f"{self.coroutine[1:-1]} at {self.where()}"
         return f"coroutine {self.coroutine} at {self.where()}"
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_ASYNCIO = os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep
 
 
 def _printable(name: str) -> str:
@@ -109,10 +112,18 @@ def _culprit(loop: asyncio.AbstractEventLoop, ident: int | None) -> Culprit:
             task = asyncio.current_task(loop)
         except RuntimeError:
             task = None
-        if task is not None:
+        job_code = getattr(task.get_coro(), "cr_code", None) if task is not None else None
+        if task is not None and not (job_code and job_code.co_filename.startswith(_PACKAGE)):
             coroutine = coroutine_name(task.get_coro())
+    if not coroutine:
+        if filename.startswith(_PACKAGE):
+            coroutine = "(asyncbridge's own work)"
+        elif filename.startswith(_ASYNCIO) and function != "Handle._run":
+            coroutine = "(asyncio's own work)"
+        else:  # a callback (a C function such as time.sleep called by Handle._run, or Python's)
+            coroutine = "(a callback, no coroutine)"
     return Culprit(
-        _printable(coroutine) if coroutine else "(none: a callback is running)",
+        _printable(coroutine),
         filename,
         lineno,
         _printable(function),
@@ -243,8 +254,8 @@ class Watch:
             self.on_stall(time.time() - (now - due))
         logger.warning(
             "asyncbridge: the loop of pid %d has had no turn for %.1fs: %s is blocking it "
-            "(synchronous code in a coroutine stops every other job of this process; await, or "
-            "use asyncio.to_thread)",
+            "(blocking code on the loop holds up every other job of this process: await "
+            "instead, or move it off the loop with asyncio.to_thread)",
             self.pid,
             now - due,
             self.culprit,
