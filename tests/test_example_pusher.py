@@ -1,8 +1,9 @@
 """examples/pusher against a local stand-in for the Pusher HTTP API (never the real service).
 
 The stand-in is an aiohttp app on 127.0.0.1 that checks what Pusher checks: the path
-``/apps/<app_id>/events``, the JSON body and its ``body_md5``, the key, a fresh timestamp, and the
-HMAC-SHA256 ``auth_signature`` recomputed with the test secret. Anything else gets 401.
+``/apps/<app_id>/events`` (or ``/batch_events``, at most 10 events), the JSON body and its
+``body_md5``, the key, a fresh timestamp, and the HMAC-SHA256 ``auth_signature`` recomputed with
+the test secret. Anything else gets 401 (400 for a batch of more than 10 events).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class FakePusher:
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
+        self.batches: list[list[dict[str, Any]]] = []  # each call to batch_events, in order
         self.rejected: list[str] = []
         self.peers: set[tuple[str, int]] = set()
         self.port = 0
@@ -80,7 +82,51 @@ class FakePusher:
             self.events.append(json.loads(body))
         return web.json_response({})
 
+    async def _batch_events(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        problem = self._check_signed(request, body)
+        batch = None if problem else json.loads(body).get("batch")
+        if problem is None:
+            if not isinstance(batch, list) or not batch:
+                problem = "batch must be a non-empty list"
+            elif len(batch) > 10:
+                problem = f"batch of {len(batch)} events; at most 10"
+            else:
+                problem = next(filter(None, map(self._check_event, batch)), None)
+        if problem:
+            with self._lock:
+                self.rejected.append(problem)
+            return web.Response(status=400 if "at most" in problem else 401, text=problem)
+        assert batch is not None
+        with self._lock:
+            self.batches.append(batch)
+            self.events.extend(
+                {"name": e["name"], "data": e["data"], "channels": [e["channel"]]} for e in batch
+            )
+        return web.json_response({"batch": [{} for _ in batch]})
+
+    def _check_event(self, event: Any) -> str | None:
+        if not isinstance(event, dict):
+            return "an event must be an object"
+        if not all(isinstance(event.get(k), str) for k in ("name", "data", "channel")):
+            return "name, data and channel must be strings"
+        return None
+
     def _check(self, request: web.Request, body: bytes) -> str | None:
+        problem = self._check_signed(request, body)
+        if problem:
+            return problem
+        try:
+            event = json.loads(body)
+        except ValueError:
+            return "body is not JSON"
+        if not isinstance(event.get("name"), str) or not isinstance(event.get("data"), str):
+            return "name and data must be strings"
+        if not isinstance(event.get("channels"), list) or not event["channels"]:
+            return "channels must be a non-empty list"
+        return None
+
+    def _check_signed(self, request: web.Request, body: bytes) -> str | None:
         query = dict(request.query)
         if request.content_type != "application/json":
             return f"content type {request.content_type}"
@@ -96,18 +142,15 @@ class FakePusher:
         if not hmac.compare_digest(query.get("auth_signature", ""), signature):
             return "bad signature"
         try:
-            event = json.loads(body)
+            json.loads(body)
         except ValueError:
             return "body is not JSON"
-        if not isinstance(event.get("name"), str) or not isinstance(event.get("data"), str):
-            return "name and data must be strings"
-        if not isinstance(event.get("channels"), list) or not event["channels"]:
-            return "channels must be a non-empty list"
         return None
 
     async def _serve(self, started: threading.Event) -> None:
         app = web.Application()
         app.router.add_post(f"/apps/{APP_ID}/events", self._events)
+        app.router.add_post(f"/apps/{APP_ID}/batch_events", self._batch_events)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -256,3 +299,68 @@ def test_stock_asyncio_backend_works_and_leaves_no_unclosed_session(
     assert len(fake_pusher.events) == 5
     # One ClientSession, so one new connection, per event: why the example pools instead.
     assert len(fake_pusher.peers) == 5
+
+
+def test_batched_mode_sends_ten_events_per_call_and_counts_each_event(
+    asyncbridge_bridge: RecordingBridge, fake_pusher: FakePusher
+) -> None:
+    # A long max_delay: only full batches go out while comments arrive; drain() sends the rest.
+    app = example.create_app(client_for(fake_pusher), batched=True, max_delay=60)
+    post_comments(app, 25)
+
+    assert asyncbridge_bridge.drain(30)
+    assert fake_pusher.rejected == []
+    assert [len(batch) for batch in fake_pusher.batches] == [10, 10, 5]
+    texts = [json.loads(e["data"])["text"] for e in fake_pusher.events]
+    assert texts == [f"comment {i}" for i in range(25)]
+    assert all(
+        e["channels"] == ["comments"] and e["name"] == "new-comment" for e in fake_pusher.events
+    )
+    # Accounting is by event: 25 accepted and completed, in 3 calls.
+    s = asyncbridge_bridge.stats()
+    assert (s.accepted, s.completed, s.failed) == (25, 25, 0)
+    assert asyncbridge_bridge.exceptions == []
+
+
+def test_batched_mode_under_a_short_delay_never_exceeds_the_limit(
+    asyncbridge_bridge: RecordingBridge, fake_pusher: FakePusher
+) -> None:
+    app = example.create_app(client_for(fake_pusher), batched=True)  # max_delay 50 ms
+    post_comments(app, 37)
+
+    assert asyncbridge_bridge.drain(30)
+    assert fake_pusher.rejected == []
+    assert all(1 <= len(batch) <= 10 for batch in fake_pusher.batches)
+    assert len(fake_pusher.batches) >= 4  # 37 events need at least 4 calls of 10
+    assert sorted(json.loads(e["data"])["text"] for e in fake_pusher.events) == sorted(
+        f"comment {i}" for i in range(37)
+    )
+    assert asyncbridge_bridge.stats().completed == 37
+
+
+def test_a_refused_batch_fails_each_of_its_events(
+    asyncbridge_bridge: RecordingBridge, fake_pusher: FakePusher
+) -> None:
+    app = example.create_app(
+        client_for(fake_pusher, secret="not-the-secret"), batched=True, max_delay=60
+    )
+    post_comments(app, 12)
+
+    assert asyncbridge_bridge.drain(30)
+    assert fake_pusher.rejected == ["bad signature", "bad signature"]
+    assert fake_pusher.events == []
+    s = asyncbridge_bridge.stats()
+    assert (s.accepted, s.completed, s.failed) == (12, 0, 12)
+    # One exception per call (a batch of 10, then of 2), each failing all its events.
+    assert [type(e).__name__ for e in asyncbridge_bridge.exceptions] == ["PusherBadAuth"] * 2
+
+
+def test_the_stand_in_refuses_a_batch_of_more_than_ten(
+    asyncbridge_bridge: RecordingBridge, fake_pusher: FakePusher
+) -> None:
+    client = client_for(fake_pusher)
+    events = [{"channel": "comments", "name": "e", "data": str(i)} for i in range(11)]
+    future = asyncbridge_bridge.submit(client.trigger_batch(events))
+    with pytest.raises(Exception, match="at most 10"):
+        future.result(30)
+    assert fake_pusher.rejected == ["batch of 11 events; at most 10"]
