@@ -1,14 +1,18 @@
 """gunicorn server hooks that give each worker its own loop and drain it when the worker exits.
 
-In ``gunicorn.conf.py``::
-
-    from asyncbridge.gunicorn import (
-        post_fork, post_worker_init, worker_abort, worker_exit, worker_int,
-    )
+In ``gunicorn.conf.py`` (gunicorn reads ``./gunicorn.conf.py`` without ``-c``), one line that
+imports the five hooks ``post_fork``, ``post_worker_init``, ``worker_abort``, ``worker_exit`` and
+``worker_int`` from this module (``docs/examples/gunicorn_conf.py`` is that file).
+With ``preload_app = True``, add ``pre_fork`` if the app hands work off at import time; for losses
+counted when a worker is killed, ``child_exit``.
 
 Each hook has the exact arity gunicorn checks. To combine one with a hook of your own (gunicorn
-has one slot per hook), use :func:`chain`. Nothing here installs signal handlers: gunicorn's own
-handlers end the worker, and every exit path that runs Python at all reaches :func:`worker_exit`.
+has one slot per hook), use :func:`chain`. Nothing here installs a signal handler: gunicorn's
+own handlers end the worker, and every exit path that runs Python at all reaches
+:func:`worker_exit`. What the hooks do change is the disposition of exit signals once a worker is
+on its way out (from :func:`worker_int`, :func:`worker_abort` and :func:`worker_exit` on): they
+are ignored, because a second one (a terminal's Ctrl-C reaches every process of the group, then
+the master sends its own) would run gunicorn's handler again inside the drain and cut it short.
 
 The drain deadline at exit is ``min(drain_timeout, graceful_timeout - MARGIN,
 timeout / 2 - MARGIN)``: once its request loop has ended a worker no longer heartbeats, and its

@@ -1,8 +1,8 @@
 """Fire coroutines from synchronous code, then drain them and print the shutdown report.
 
-Run it with ``./scripts/demo``. It is what a request handler does, minus the web server: each
-``run_soon`` returns at once, the work happens on the background loop, and ``shutdown`` drains
-what is left before the process exits.
+Run it with ``.venv/bin/python examples/fire_and_forget.py``. It is what a request handler does,
+minus the web server: each ``run_soon`` returns at once, the work happens on the background loop,
+and ``shutdown`` drains what is left before the process exits.
 """
 
 from __future__ import annotations
