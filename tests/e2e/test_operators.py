@@ -344,3 +344,59 @@ def test_the_example_config_serves_every_workers_metrics_from_a_view_and_a_port(
         assert scraped[("asyncbridge_jobs_completed_total", lane())] == push.received == 40
         assert scraped[("asyncbridge_jobs_lost_total", lane())] == 0
     assert out.count("asyncbridge shutdown of pid") == 2
+
+
+def test_under_uwsgi_the_worker_that_replaces_a_killed_one_counts_it(tmp_path: Path) -> None:
+    uwsgi = Path(sys.executable).with_name("uwsgi")
+    if not uwsgi.exists():
+        pytest.skip(f"uWSGI (the pyuwsgi wheel) is not installed next to {sys.executable}")
+    port = free_port()
+    status = tmp_path / "status"
+    argv = [
+        str(uwsgi),
+        "--ini",
+        f"{ROOT / 'examples' / 'uwsgi.ini'}:asyncbridge",
+        "--http-socket",
+        f"127.0.0.1:{port}",
+        "--wsgi-file",
+        str(ROOT / "tests" / "e2e" / "apps" / "uwsgi_app.py"),
+        "--processes",
+        "2",
+        "--worker-reload-mercy",
+        "5",
+    ]
+    with Sink(delay=3600) as slow:
+        env = {
+            "SINK_URL": slow.url,
+            "OUT_DIR": str(tmp_path),
+            "ASYNCBRIDGE_STATUS_DIR": str(status),
+            "ASYNCBRIDGE_DRAIN_TIMEOUT": "1",
+        }
+        with running(argv, log=tmp_path / "uwsgi.log", env=env) as server:
+            base = f"http://127.0.0.1:{port}"
+            wait_http(base + "/stats", 30, server.proc)
+            assert wait_until(lambda: len(read_directory(str(status)).live) == 2, 30)
+            for _ in range(10):
+                assert http_get(base + "/notify")[0] == 200
+
+            def holding() -> dict[int, int]:
+                return {
+                    r.pid: r.total().counts["running"] for r in read_directory(str(status)).live
+                }
+
+            assert wait_until(lambda: sum(holding().values()) == 10, 30)
+            held = holding()
+            victim = max(held, key=lambda pid: held[pid])
+            os.kill(victim, signal.SIGKILL)
+            line = (
+                f"asyncbridge: worker {victim} ended without draining: at least {held[victim]} "
+                "accepted jobs unfinished (lost)"
+            )
+            assert wait_until(lambda: line in server.output(), 30), server.output()[-3000:]
+            view = read_directory(str(status))
+            out = server.output()
+    assert out.count("ended without draining") == 1
+    assert re.search(r"respawned uWSGI worker|spawned uWSGI worker", out)
+    assert view.exited.lost == held[victim] and view.exited.undrained == 1
+    assert victim not in {r.pid for r in view.live} and len(view.live) == 2
+    assert slow.received == 0
