@@ -103,6 +103,8 @@ class _Draining(rq.worker.BaseWorker):
 
 
 class _DrainingHorse(_Draining):
+    """The horse's drain, between the job and RQ's ``os._exit``, for the forking classes."""
+
     def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
         """Run the job, then, in a work horse, drain what it handed to the bridge.
 
