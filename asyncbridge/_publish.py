@@ -57,6 +57,7 @@ __all__ = [
     "ProcessRecord",
     "Publisher",
     "Timing",
+    "Timings",
     "adopt_dead",
     "attach",
     "claim",
@@ -243,6 +244,22 @@ class Timing:
             self.duration.add(now - began)
 
 
+class Timings:
+    """A runtime's :class:`Timing` per lane, made on a lane's first job."""
+
+    __slots__ = ("lanes",)
+
+    def __init__(self) -> None:
+        self.lanes: dict[str, Timing] = {}
+
+    def of(self, lane: Any) -> Timing:
+        """The timing of ``lane`` (anything with a ``name``)."""
+        timing = self.lanes.get(lane.name)
+        if timing is None:
+            timing = self.lanes[lane.name] = Timing()
+        return timing
+
+
 # -- records ------------------------------------------------------------------------------------
 
 
@@ -390,7 +407,7 @@ def want_timing(*bridges: Any) -> None:
     for bridge in bridges:
         rt = getattr(bridge, "_rt", None)
         if rt is not None and rt.pid == os.getpid() and getattr(rt, "timing", 1) is None:
-            rt.timing = Timing()
+            rt.timing = Timings()
 
 
 def timing_wanted() -> bool:
@@ -401,10 +418,10 @@ def timing_wanted() -> bool:
 def timings_of(bridge: Any) -> dict[str, Timing]:
     """The :class:`Timing` per lane of ``bridge``'s loop in this process (empty if not timed)."""
     rt = getattr(bridge, "_rt", None)
-    timing = getattr(rt, "timing", None)
-    if timing is None or getattr(rt, "pid", None) != os.getpid():
+    timings = getattr(rt, "timing", None)
+    if timings is None or getattr(rt, "pid", None) != os.getpid():
         return {}
-    return {"default": timing}
+    return dict(timings.lanes)
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -632,7 +649,7 @@ def attach(rt: Runtime) -> Publisher | None:
     loop; a directory that cannot be written is logged and publishing is off."""
     directory = resolve_directory(rt.options.status_dir)
     if directory is not None or _timing_wanted:
-        rt.timing = Timing()
+        rt.timing = Timings()
     if directory is None:
         return None
     try:
@@ -681,11 +698,8 @@ def write_runtime(rt: Runtime, pub: Publisher, *, abandoned: int = 0, final: boo
     """Write ``rt``'s counts now (the loop's flush, shutdown, the watchdog); True when its
     timing was left for a later write."""
     stats = rt.snapshot()
-    timing = rt.timing
-    lanes = [
-        (name, _counts_of(lane), timing if name == "default" else None)
-        for name, lane in lanes_of(stats).items()
-    ]
+    timings = {} if rt.timing is None else rt.timing.lanes
+    lanes = [(name, _counts_of(lane), timings.get(name)) for name, lane in lanes_of(stats).items()]
     return pub.write(
         lanes,
         stalls=stats.stalls,

@@ -18,7 +18,7 @@ from ._stats import ShutdownReport, Stats
 
 if TYPE_CHECKING:
     from ._future import BridgeFuture
-    from ._publish import Publisher, Timing
+    from ._publish import Publisher, Timings
     from ._watchdog import Watch
 
 __all__ = [
@@ -250,7 +250,7 @@ class Runtime(LaneState):
         # Operators' view (see _publish and _watchdog): the status file the loop rewrites at
         # most once per turn, the jobs' wait and run times, the stall watchdog's heartbeat.
         self.publisher: Publisher | None = None
-        self.timing: Timing | None = None
+        self.timing: Timings | None = None
         self.watch: Watch | None = None
 
     def in_loop_thread(self) -> bool:

@@ -100,11 +100,11 @@ def run_loop(rt: Runtime, owner: weakref.ref[Any]) -> None:
 def pull(lane: LaneState) -> None:
     """The coalesced wake-up callers queue: start what waits in the inbox."""
     rt = lane.runtime
-    first_handoff = rt.scheduled_at
+    first_handoff = lane.scheduled_at
     lane.scheduled = lane.starved = False
     lane.backoffs = 0
     if rt.timing is not None:
-        rt.timing.pulled(rt.taken + len(rt.inbox), first_handoff)
+        rt.timing.of(lane).pulled(lane.taken + len(lane.inbox), first_handoff)
     start_waiting(lane)
 
 
@@ -138,7 +138,9 @@ def start_waiting(lane: LaneState) -> None:
         rt.version += 1
     lane.busy += len(batch)
     if rt.timing is not None:
-        rt.timing.took(rt.taken - len(batch), len(batch), _monotonic(), rt.scheduled_at)
+        rt.timing.of(lane).took(
+            lane.taken - len(batch), len(batch), _monotonic(), lane.scheduled_at
+        )
     publish_soon(rt)
     create_task = rt.loop.create_task  # type: ignore[union-attr]
     tasks = rt.tasks
@@ -179,7 +181,7 @@ async def _job(
     task = _current_task()
     assert task is not None
     handle = None
-    timing = rt.timing
+    timing = None if rt.timing is None else rt.timing.of(lane)
     began = 0.0 if timing is None else _monotonic()
     if limit is not None:
         handle = rt.loop.call_later(limit, expire, rt, task)  # type: ignore[union-attr]

@@ -270,3 +270,22 @@ def test_the_django_example_view_serves_the_directory(directory: Path) -> None:
     status_line, _, body = done.stdout.partition("\n")
     assert status_line.startswith("200 text/plain; version=")
     assert 'asyncbridge_jobs_accepted_total{lane="default"} 24.0' in body
+
+
+def test_every_lane_has_its_own_series(tmp_path: Path) -> None:
+    pub = Publisher(str(tmp_path))
+    pub.write(
+        [
+            ("default", _counts(accepted=5, completed=5), None),
+            ("push", _counts(accepted=7, completed=4, running=2, failed=1, retries=3), None),
+        ]
+    )
+    reg = _registry(tmp_path)
+    push = {"lane": "push"}
+    assert reg.get_sample_value("asyncbridge_jobs_accepted_total", DEFAULT) == 5
+    assert reg.get_sample_value("asyncbridge_jobs_accepted_total", push) == 7
+    assert reg.get_sample_value("asyncbridge_jobs_failed_total", push) == 1
+    assert reg.get_sample_value("asyncbridge_jobs_retries_total", push) == 3
+    assert reg.get_sample_value("asyncbridge_jobs_running", push) == 2
+    assert reg.get_sample_value("asyncbridge_jobs_running", DEFAULT) == 0
+    pub.close()

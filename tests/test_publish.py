@@ -360,3 +360,32 @@ def test_sigkill_while_draining_is_still_counted_as_undrained(tmp_path: Path) ->
             proc.wait(10)
     (claimed,) = worker_gone(proc.pid, str(tmp_path))
     assert (claimed.drained, claimed.lost) == (False, 4)
+
+
+def test_each_lane_is_published_with_its_own_counts_and_timing(tmp_path: Path) -> None:
+    with fresh_bridge(status_dir=str(tmp_path)) as bridge:
+        push = bridge.lane("push", max_concurrency=1)
+        for _ in range(3):
+            assert push.run_soon(slow(0.06))
+        assert bridge.run_soon(quick())
+        assert bridge.run_soon(broken())
+        assert bridge.drain(timeout=10)
+        time.sleep(0.3)  # past the histograms' 0.1 s
+        stats = bridge.stats()
+        (rec,) = read_directory(str(tmp_path)).live
+    assert set(rec.lanes) == {"default", "push"}
+    for name in ("default", "push"):
+        counts = rec.lanes[name].counts
+        lane_stats = stats.lanes[name]
+        assert (counts["accepted"], counts["completed"], counts["failed"]) == (
+            lane_stats.accepted,
+            lane_stats.completed,
+            lane_stats.failed,
+        )
+    assert rec.lanes["push"].counts["completed"] == 3
+    assert rec.lanes["default"].counts["failed"] == 1
+    assert sum(rec.lanes["push"].duration_counts) == 3
+    assert sum(rec.lanes["default"].duration_counts) == 2
+    # push ran one at a time: the third waited for the two before it (about 120 ms).
+    assert rec.lanes["push"].wait_sum >= 0.1
+    assert sum(rec.lanes["push"].wait_counts) == 3
