@@ -157,7 +157,8 @@ class AsyncBridgeBackend(BaseTaskBackend):
             With ``EAGER``, the finished result.
 
         Raises:
-            InvalidTask: The backend cannot run this task (Django's checks).
+            django.tasks.exceptions.InvalidTask: The backend cannot run this task (Django's
+                checks; ``django_tasks.exceptions.InvalidTaskError`` with the backport).
             BacklogFull: The backlog is full and the bridge's ``on_full`` is ``"raise"``.
             TimeoutError: ``EAGER`` and the task did not finish within ``EAGER_TIMEOUT``.
         """
@@ -207,8 +208,8 @@ class AsyncBridgeBackend(BaseTaskBackend):
         """A snapshot of a result enqueued by this process, while it is among the newest kept.
 
         Raises:
-            TaskResultDoesNotExist: No such result in this process (enqueued elsewhere, too
-                old, or never).
+            django.tasks.exceptions.TaskResultDoesNotExist: No such result in this process
+                (enqueued elsewhere, too old, or never).
         """
         store = _store(self.alias, self._max_results)
         result = store.get(result_id)

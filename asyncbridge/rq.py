@@ -5,7 +5,7 @@ Start the worker with one of them::
     rq worker --worker-class asyncbridge.rq.Worker            # fork a work horse per job
     rq worker --worker-class asyncbridge.rq.SimpleWorker      # run jobs in the worker itself
 
-RQ's :class:`rq.Worker` forks a work horse for every job, and the horse leaves with
+RQ's ``rq.Worker`` forks a work horse for every job, and the horse leaves with
 ``os._exit()`` right after the job: ``atexit`` never runs, and whatever the job handed to the
 bridge dies with the horse. :class:`Worker` drains the horse's bridge between the end of the job
 and that exit, within :func:`horse_deadline`: RQ's worker kills a horse that is still alive 60 s
@@ -23,7 +23,7 @@ shutdown, which nothing survives.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import rq
 from rq.utils import now
@@ -44,7 +44,7 @@ HORSE_KILL_GRACE = 60.0
 """Seconds past a job's timeout after which RQ's worker kills its horse (``monitor_work_horse``)."""
 
 MARGIN = SHUTDOWN_MARGIN + 1.0
-"""Seconds kept free below that kill: shutdown may run ``SHUTDOWN_MARGIN`` past its deadline,
+"""Seconds kept free below that kill. Shutdown may run ``SHUTDOWN_MARGIN`` past its deadline,
 and the horse must still exit."""
 
 
@@ -68,64 +68,45 @@ def horse_deadline(drain_timeout: float, *, job_timeout: float | None, elapsed: 
     return max(0.0, min(drain_timeout, job_timeout + HORSE_KILL_GRACE - elapsed - MARGIN))
 
 
-class _Draining(rq.worker.BaseWorker):
-    """The drain shared by the worker classes below."""
-
-    bridge: ClassVar[Bridge | None] = None
-    """The bridge to drain; None: :func:`asyncbridge.default_bridge`, looked up at drain time."""
-
-    drain_timeout: ClassVar[float | None] = None
-    """The drain deadline in seconds; None: the bridge's ``drain_timeout``."""
-
-    def _bridge(self) -> Bridge:
-        return default_bridge() if self.bridge is None else self.bridge
-
-    def _drain(self, deadline: float, where: str) -> ShutdownReport | None:
-        bridge = self._bridge()
-        if not bridge.owns_loop():  # nothing started here (an inherited loop is the parent's)
-            return None
-        ignore_exit_signals()
-        report = bridge.shutdown(deadline, log=False)
-        (self.log.info if report.clean else self.log.warning)("%s: %s", where, report)
-        return report
-
-    def _timeout(self) -> float:
-        timeout = self.drain_timeout
-        return self._bridge().options.drain_timeout if timeout is None else timeout
-
-    def teardown(self) -> None:
-        """Drain the worker process's own loop, if it started one, then unregister the worker."""
-        try:
-            if not self.is_horse:
-                self._drain(self._timeout(), "asyncbridge drain of worker")
-        finally:
-            super().teardown()  # type: ignore[no-untyped-call]
+def _bridge(worker: Any) -> Bridge:
+    bridge: Bridge | None = worker.bridge
+    return default_bridge() if bridge is None else bridge
 
 
-class _DrainingHorse(_Draining):
-    """The horse's drain, between the job and RQ's ``os._exit``, for the forking classes."""
-
-    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
-        """Run the job, then, in a work horse, drain what it handed to the bridge.
-
-        The job's status and result are already saved when the drain starts; the horse exits
-        (``os._exit``) once the drain has ended.
-
-        Returns:
-            What RQ's ``perform_job`` returned: True when the job succeeded.
-        """
-        try:
-            return super().perform_job(job, queue, execution)
-        finally:
-            if self.is_horse:
-                started = job.started_at
-                elapsed = 0.0 if started is None else (now() - started).total_seconds()
-                deadline = horse_deadline(self._timeout(), job_timeout=job.timeout, elapsed=elapsed)
-                self._drain(deadline, f"asyncbridge drain of work horse for job {job.id}")
+def _timeout(worker: Any) -> float:
+    timeout: float | None = worker.drain_timeout
+    return _bridge(worker).options.drain_timeout if timeout is None else timeout
 
 
-class Worker(_DrainingHorse, rq.Worker):
-    """:class:`rq.Worker` whose work horse drains the bridge before its ``os._exit()``.
+def _drain(worker: Any, deadline: float, where: str) -> ShutdownReport | None:
+    """Drain ``worker``'s bridge in this process, if it started a loop here; log the report."""
+    bridge = _bridge(worker)
+    if not bridge.owns_loop():  # nothing started here (an inherited loop is the parent's)
+        return None
+    ignore_exit_signals()
+    report = bridge.shutdown(deadline, log=False)
+    (worker.log.info if report.clean else worker.log.warning)("%s: %s", where, report)
+    return report
+
+
+def _drain_horse(worker: Any, job: Job) -> None:
+    """In a work horse, after its job: drain within :func:`horse_deadline`."""
+    if not worker.is_horse:
+        return
+    started = job.started_at
+    elapsed = 0.0 if started is None else (now() - started).total_seconds()
+    deadline = horse_deadline(_timeout(worker), job_timeout=job.timeout, elapsed=elapsed)
+    _drain(worker, deadline, f"asyncbridge drain of work horse for job {job.id}")
+
+
+def _drain_worker(worker: Any) -> None:
+    """In the worker process (not a horse), when it stops: drain a loop it started itself."""
+    if not worker.is_horse:
+        _drain(worker, _timeout(worker), "asyncbridge drain of worker")
+
+
+class Worker(rq.Worker):
+    """``rq.Worker`` whose work horse drains the bridge before its ``os._exit()``.
 
     Each job runs in a new horse, which starts its own loop on first use and drains it after
     the job, within :func:`horse_deadline`; the worker takes its next job once the horse has
@@ -134,16 +115,77 @@ class Worker(_DrainingHorse, rq.Worker):
     started (outside any job) is drained when the worker stops.
     """
 
+    bridge: ClassVar[Bridge | None] = None
+    """The bridge to drain, or None for :func:`asyncbridge.default_bridge` at drain time."""
 
-class SpawnWorker(_DrainingHorse, rq.SpawnWorker):
-    """:class:`rq.SpawnWorker` (horses started by ``posix_spawn``) with :class:`Worker`'s drain."""
+    drain_timeout: ClassVar[float | None] = None
+    """The drain deadline in seconds, or None for the bridge's ``drain_timeout``."""
+
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        """Run the job, then, in a work horse, drain what it handed off (before ``os._exit``).
+
+        Returns:
+            What RQ's ``perform_job`` returned: True when the job succeeded.
+        """
+        try:
+            return super().perform_job(job, queue, execution)
+        finally:
+            _drain_horse(self, job)
+
+    def teardown(self) -> None:
+        """Drain the worker process's own loop, if it started one, then unregister."""
+        try:
+            _drain_worker(self)
+        finally:
+            super().teardown()  # type: ignore[no-untyped-call]
 
 
-class SimpleWorker(_Draining, rq.SimpleWorker):
-    """:class:`rq.SimpleWorker` (jobs in the worker process) that drains when the worker stops.
+class SpawnWorker(rq.SpawnWorker):
+    """``rq.SpawnWorker`` (horses started by ``posix_spawn``) with :class:`Worker`'s drain."""
+
+    bridge: ClassVar[Bridge | None] = None
+    """The bridge to drain, or None for :func:`asyncbridge.default_bridge` at drain time."""
+
+    drain_timeout: ClassVar[float | None] = None
+    """The drain deadline in seconds, or None for the bridge's ``drain_timeout``."""
+
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        """Run the job, then, in a work horse, drain what it handed off (before ``os._exit``).
+
+        Returns:
+            What RQ's ``perform_job`` returned: True when the job succeeded.
+        """
+        try:
+            return super().perform_job(job, queue, execution)
+        finally:
+            _drain_horse(self, job)
+
+    def teardown(self) -> None:
+        """Drain the worker process's own loop, if it started one, then unregister."""
+        try:
+            _drain_worker(self)
+        finally:
+            super().teardown()  # type: ignore[no-untyped-call]
+
+
+class SimpleWorker(rq.SimpleWorker):
+    """``rq.SimpleWorker`` (jobs in the worker process) that drains when the worker stops.
 
     The loop starts on the first hand-off and serves every later job; the drain runs when the
     work loop ends (warm shutdown, ``--burst`` with an empty queue, ``--max-jobs``), before the
     worker unregisters, with the bridge's ``drain_timeout`` (or the class attribute
     ``drain_timeout``).
     """
+
+    bridge: ClassVar[Bridge | None] = None
+    """The bridge to drain, or None for :func:`asyncbridge.default_bridge` at drain time."""
+
+    drain_timeout: ClassVar[float | None] = None
+    """The drain deadline in seconds, or None for the bridge's ``drain_timeout``."""
+
+    def teardown(self) -> None:
+        """Drain the worker process's own loop, if it started one, then unregister."""
+        try:
+            _drain_worker(self)
+        finally:
+            super().teardown()  # type: ignore[no-untyped-call]
