@@ -40,6 +40,9 @@ nitpick_ignore_regex = [
     # Third-party and standard-library targets: there is no network for intersphinx here.
     ("py:class", r"(aiohttp|asyncio|concurrent|collections|contextvars|types|typing)\..*"),
     ("py:class", r"(gunicorn|_pytest|pytest)\..*"),
+    # The host libraries the adapters derive from or take (no intersphinx here either).
+    ("py:(class|exc|func|meth|mod|data|obj)", r"(rq|dramatiq|django_tasks|django|celery)\b.*"),
+    ("py:(class|exc|func|meth|mod|data|obj)", r"(prometheus_client|redis|mod_wsgi|waitress)\b.*"),
     ("py:(class|exc|func|meth|mod|data|obj)", r"(aiohttp|asyncio|json|pytest|gunicorn|uwsgi)\b.*"),
     ("py:(exc|class)", r"(TimeoutError|RuntimeError|TypeError|ValueError|BaseException)"),
     ("py:class", r"(T|Any|Coroutine|Mapping|Callable|Literal|Future|Self)"),

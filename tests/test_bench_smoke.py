@@ -140,3 +140,21 @@ def test_seed_scenario_delivers_every_accepted_notification_after_a_graceful_sto
         received, accepted = map(int, rows["asyncbridge.run_soon + aiohttp helper"][4].split("/"))
         assert accepted > 0
         assert received == accepted
+
+
+def test_loop_cost_prints_both_tables_and_three_target_checks() -> None:
+    out = run_bench("loop_cost.py")
+    end_to_end = table_rows(out, "End to end: CPU per no-op job, first hand-off to last job done")
+    assert set(end_to_end) == {"asyncbridge run_soon", "call_soon_threadsafe(create_task)"}
+    blocked = table_rows(out, "A burst against a loop blocked by its own work (back-off as it is)")
+    assert set(blocked) == {
+        "floor: create the coroutines, keep them alive",
+        "asyncbridge run_soon, loop blocked",
+    }
+    assert len(verdicts(out)) == 3
+
+
+def test_django_enqueue_accounts_for_every_task_and_checks_two_targets() -> None:
+    out = run_bench("django_enqueue.py")
+    assert "bridge accounting: accepted=180 completed=180 failed=0" in out
+    assert len(verdicts(out)) == 2
