@@ -9,8 +9,16 @@ from typing import Any
 
 # Each worker gets its own loop; worker_exit drains it under a deadline below gunicorn's
 # timeouts and logs the drain report; worker_int and worker_abort shorten that deadline on the
-# quick exit paths.
-from asyncbridge.gunicorn import post_fork, post_worker_init, worker_abort, worker_exit, worker_int
+# quick exit paths. With ASYNCBRIDGE_STATUS_DIR set (demo.run sets it), each loop publishes its
+# counts there, and child_exit, in the master, counts every worker that exited, a killed one too.
+from asyncbridge.gunicorn import (
+    child_exit,
+    post_fork,
+    post_worker_init,
+    worker_abort,
+    worker_exit,
+    worker_int,
+)
 
 wsgi_app = "demo.app:app"
 bind = os.environ.get("DEMO_APP_BIND", "127.0.0.1:8000")
@@ -49,6 +57,7 @@ def _stop_without(server: Any, parent: int) -> None:
 
 
 __all__ = [
+    "child_exit",
     "post_fork",
     "post_worker_init",
     "when_ready",

@@ -9,8 +9,11 @@ Endpoints:
 - ``POST /metrics``: the app's request timings, signed the same way (see :mod:`demo.metrics`).
 - ``GET /stream``: Server-Sent Events. First a ``snapshot`` with the counts, the latest hits, the
   current rate, the mode and the graph so far; then a ``hit`` per accepted event, a ``tick`` per
-  second (one point of the graph) and a ``mode`` when the switch is flipped.
-- ``GET /api/counts``, ``GET /api/series``: the counts and the graph's points as JSON.
+  second (one point of the graph) and a ``mode`` when the switch is flipped. With a status
+  directory (``--status-dir``), the snapshot also has ``loops``, each gunicorn worker's
+  asyncbridge figures (see :mod:`demo.loops`), and a ``loops`` event follows each change.
+- ``GET /api/counts``, ``GET /api/series``: the counts and the graph's points as JSON;
+  ``GET /api/loops``: the workers' figures (404 without a status directory).
 - ``GET /api/mode``, ``POST /api/mode`` with ``{"mode": "inline"}`` or ``{"mode": "asyncbridge"}``:
   how the app pushes (see :mod:`demo.mode`).
 - ``GET /``: the dashboard page (``demo/static/``).
@@ -37,6 +40,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import loops
 from .mode import DEFAULT, MODES, ModeFile
 from .signing import SIGNATURE_HEADER, load_secret, verify
 
@@ -54,6 +58,8 @@ _SERIES_POINTS = 300
 # A second is plotted this long after it ends: the app reports its timings every 0.5 s.
 _SERIES_LAG_S = 2
 _KEEPALIVE_S = 15.0
+_LOOPS_EVERY_S = 0.5
+_MAX_SENDERS = 10_000  # workers the per-worker counts remember (a long run recycles many)
 _CLOSE = None  # put in a subscriber's queue to end its stream
 
 _Message = tuple[str, dict[str, Any]]
@@ -83,12 +89,27 @@ class Hub:
         secret: The shared secret events and reports must be signed with.
         delay: Seconds to wait before accepting each event (a slow push service).
         mode: Where the app's push mode is kept.
+        status_dir: Where the gunicorn workers publish their asyncbridge figures, to show them;
+            None: no ``loops`` figures.
     """
 
-    def __init__(self, secret: bytes, *, delay: float = 0.0, mode: ModeFile | None = None) -> None:
+    def __init__(
+        self,
+        secret: bytes,
+        *,
+        delay: float = 0.0,
+        mode: ModeFile | None = None,
+        status_dir: str | None = None,
+    ) -> None:
         self._secret = secret
         self.delay = delay
         self.mode = mode or ModeFile(None)
+        self.status_dir = status_dir
+        # Per worker pid: the pushes received from its background loop (mode "asyncbridge"),
+        # which the panel sets beside the loop's own count of completed jobs.
+        self.from_loops: collections.Counter[int] = collections.Counter()
+        self.loops: dict[str, Any] | None = None
+        self._loops_failing = False
         self.paths: collections.Counter[str] = collections.Counter()
         self.total = 0
         # Recent event ids, to count duplicates; bounded so that a long run does not grow.
@@ -123,8 +144,12 @@ class Hub:
         }
 
     def snapshot(self) -> dict[str, Any]:
-        """Everything a dashboard needs to show the truth at once: counts, latest hits, graph."""
-        return {**self.counts(), "recent": list(self.recent), "series": list(self.series)}
+        """Everything a dashboard needs to show the truth at once: counts, latest hits, graph,
+        and with a status directory the workers' loops."""
+        snap = {**self.counts(), "recent": list(self.recent), "series": list(self.series)}
+        if self.status_dir is not None:
+            snap["loops"] = self.loops
+        return snap
 
     def _publish(self, event: str, data: dict[str, Any]) -> None:
         for queue in list(self._subscribers):
@@ -160,6 +185,10 @@ class Hub:
             self._recent_ids.popitem(last=False)
         self.paths[path] += 1
         self.total += 1
+        pid = event.get("pid")
+        if event.get("mode") == "asyncbridge" and isinstance(pid, int):
+            if pid in self.from_loops or len(self.from_loops) < _MAX_SENDERS:
+                self.from_loops[pid] += 1
         self._accepted_at.append(time.monotonic())
         message = {
             "id": event_id,
@@ -231,6 +260,33 @@ class Hub:
             for point in self.plot_until(int(time.time()) - _SERIES_LAG_S):
                 self._publish("tick", {"point": point, "rate": self.rate()})
 
+    async def read_loops(self) -> bool:
+        """Read the workers' figures once; publish them if they changed.
+
+        Returns:
+            Whether they changed.
+        """
+        assert self.status_dir is not None
+        try:
+            figures = await asyncio.to_thread(loops.figures, self.status_dir, dict(self.from_loops))
+        except Exception:  # the panel keeps its last figures; the next read may do better
+            if not self._loops_failing:
+                logger.exception("cannot read the workers' status in %s", self.status_dir)
+            self._loops_failing = True
+            return False
+        self._loops_failing = False
+        if figures == self.loops:
+            return False
+        self.loops = figures
+        self._publish("loops", figures)
+        return True
+
+    async def watch_loops(self) -> None:
+        """Twice a second: read the workers' figures, and publish them when they change."""
+        while True:
+            await self.read_loops()
+            await asyncio.sleep(_LOOPS_EVERY_S)
+
     async def stream(self, request: web.Request) -> web.StreamResponse:
         queue: asyncio.Queue[_Message | None] = asyncio.Queue(_SUBSCRIBER_BACKLOG)
         response = web.StreamResponse(
@@ -272,6 +328,11 @@ class Hub:
     async def get_series(self, request: web.Request) -> web.Response:
         return web.json_response(list(self.series))
 
+    async def get_loops(self, request: web.Request) -> web.Response:
+        if self.status_dir is None:
+            return web.json_response({"error": "the hub has no status directory"}, status=404)
+        return web.json_response(self.loops)
+
     async def get_mode(self, request: web.Request) -> web.Response:
         return web.json_response({"mode": self.mode.read()})
 
@@ -305,7 +366,11 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 
 
 def make_app(
-    secret: bytes | None = None, *, delay: float = 0.0, mode: ModeFile | None = None
+    secret: bytes | None = None,
+    *,
+    delay: float = 0.0,
+    mode: ModeFile | None = None,
+    status_dir: str | None = None,
 ) -> web.Application:
     """The hub's aiohttp application.
 
@@ -313,8 +378,10 @@ def make_app(
         secret: The shared secret events must be signed with; defaults to :func:`load_secret`.
         delay: Seconds to wait before answering each accepted event (a slow service).
         mode: Where the app's push mode is kept; by default a fixed ``asyncbridge`` mode.
+        status_dir: The gunicorn workers' status directory, to show their loops' figures.
     """
-    hub = Hub(load_secret() if secret is None else secret, delay=delay, mode=mode)
+    secret = load_secret() if secret is None else secret
+    hub = Hub(secret, delay=delay, mode=mode, status_dir=status_dir)
     app = web.Application(client_max_size=_MAX_BODY)
     app["hub"] = hub
     app.router.add_post("/events", hub.post_event)
@@ -322,6 +389,7 @@ def make_app(
     app.router.add_get("/stream", hub.stream)
     app.router.add_get("/api/counts", hub.get_counts)
     app.router.add_get("/api/series", hub.get_series)
+    app.router.add_get("/api/loops", hub.get_loops)
     app.router.add_get("/api/mode", hub.get_mode)
     app.router.add_post("/api/mode", hub.post_mode)
     app.router.add_get("/", hub.dashboard)
@@ -329,19 +397,26 @@ def make_app(
     app.router.add_static("/static/", STATIC)
 
     async def ticking(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(hub.tick())
+        tasks = [asyncio.create_task(hub.tick())]
+        if hub.status_dir is not None:
+            await hub.read_loops()  # the first snapshot already has them
+            tasks.append(asyncio.create_task(hub.watch_loops()))
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     app.cleanup_ctx.append(ticking)
     app.on_shutdown.append(hub.close_streams)
     return app
 
 
-async def _serve(host: str, port: int, *, managed: bool, delay: float, mode: ModeFile) -> None:
-    app = make_app(delay=delay, mode=mode)
+async def _serve(
+    host: str, port: int, *, managed: bool, delay: float, mode: ModeFile, status_dir: str | None
+) -> None:
+    app = make_app(delay=delay, mode=mode, status_dir=status_dir)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -397,6 +472,12 @@ def main(argv: list[str] | None = None) -> None:
         "the mode is fixed)",
     )
     parser.add_argument(
+        "--status-dir",
+        default=None,
+        help="the asyncbridge status directory the gunicorn workers publish in (their "
+        "ASYNCBRIDGE_STATUS_DIR), to show each worker's loop on the dashboard (default: none)",
+    )
+    parser.add_argument(
         "--managed", action="store_true", help="ignore SIGINT; stop on SIGTERM (used by demo.run)"
     )
     args = parser.parse_args(argv)
@@ -404,7 +485,16 @@ def main(argv: list[str] | None = None) -> None:
     mode = ModeFile(args.mode_file, args.mode)
     if args.mode_file:
         mode.write(args.mode)
-    asyncio.run(_serve(args.host, args.port, managed=args.managed, delay=args.delay, mode=mode))
+    asyncio.run(
+        _serve(
+            args.host,
+            args.port,
+            managed=args.managed,
+            delay=args.delay,
+            mode=mode,
+            status_dir=args.status_dir,
+        )
+    )
 
 
 if __name__ == "__main__":

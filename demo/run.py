@@ -183,6 +183,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "make it 2 to watch Ctrl-C drain work in flight",
     )
     parser.add_argument(
+        "--status-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the gunicorn workers publish their asyncbridge figures "
+        "(ASYNCBRIDGE_STATUS_DIR), read by the dashboard's Background loops panel and by "
+        "python -m asyncbridge status (default: a temporary directory, removed at the end)",
+    )
+    parser.add_argument(
         "--log",
         type=Path,
         default=None,
@@ -216,6 +225,7 @@ class _Demo:
         self.traffic_done = threading.Event()
         self.traffic_thread: threading.Thread | None = None
         self.state_dir = Path(tempfile.mkdtemp(prefix="asyncbridge-demo-"))
+        self.status_dir: Path = args.status_dir or self.state_dir / "status"
         self.up = False
 
     def print(self, text: str = "") -> None:
@@ -278,6 +288,8 @@ class _Demo:
         env["DEMO_PARENT_PID"] = str(os.getpid())
         hub_argv = ["-m", "demo.hub", "--managed", "--host", a.host, "--port", str(hub_port)]
         hub_argv += ["--delay", str(a.hub_delay), "--mode", a.mode, "--mode-file", str(mode_file)]
+        self.status_dir.mkdir(parents=True, exist_ok=True)
+        hub_argv += ["--status-dir", str(self.status_dir)]
         self.hub = self._spawn("hub", hub_argv, env, lambda line: None)
         _wait_ready(f"{hub_url}/api/counts", self.hub, "the hub", 20, self.stopping)
         env.update(
@@ -286,6 +298,9 @@ class _Demo:
             DEMO_WORKERS=str(a.workers),
             DEMO_MODE_FILE=str(mode_file),
             DEMO_MODE=a.mode,
+            # Each worker's loop publishes its counts there; the master counts exited workers
+            # (child_exit), and the hub shows them all on the dashboard.
+            ASYNCBRIDGE_STATUS_DIR=str(self.status_dir),
         )
         gunicorn_argv = ["-m", "gunicorn", "-c", "demo/gunicorn.conf.py"]
         self.gunicorn = self._spawn("gunicorn", gunicorn_argv, env, self._on_gunicorn_line)
@@ -304,6 +319,7 @@ class _Demo:
             f"  track a hit:   curl -X POST '{app_url}/track?path=/pricing'",
             f"  more traffic:  {python} -m demo.traffic --url {app_url} -n 200",
             f"  push mode:     {self.args.mode} (flip it with the dashboard's switch)",
+            f"  loops:         {python} -m asyncbridge status --dir {self.status_dir} --watch",
             f"  shared secret: from {secret_source()}",
             "  Ctrl-C stops the traffic, then gunicorn (each worker drains its pending pushes",
             "  and logs its asyncbridge drain report), then the hub.",

@@ -2,7 +2,9 @@
 // The first event, "snapshot", carries the hub's counts, latest hits, rate, push mode and the
 // graph so far, so a (re)load shows the truth at once; the badge says "live" only after it.
 // Each "hit" carries the hub's own running counts, so a missed event never skews them; each
-// "tick" is one second of the graph (plotted by the hub 2 s after the second ends).
+// "tick" is one second of the graph (plotted by the hub 2 s after the second ends). With a status
+// directory, the snapshot has "loops" (each gunicorn worker's asyncbridge figures, as the workers
+// published them) and a "loops" event follows each change.
 "use strict";
 
 const MAX_RECENT = 12;
@@ -15,7 +17,12 @@ const state = {
   rate: 0,
   mode: null,
   series: [], // the hub's points: {t, requests, req_p50, req_p99, pushes, arr_p50, arr_p99, mode}
+  loops: undefined, // {directory, workers: [row], all: row, exited}; null: none read yet
 };
+// The panel's number columns, in order, after the worker's pid and state.
+const LOOP_FIGURES = [
+  "accepted", "pending", "running", "completed", "failed", "dropped", "stalls", "lost", "received",
+];
 const $ = (id) => document.getElementById(id);
 let renderQueued = false;
 let chart = null;
@@ -80,6 +87,62 @@ function render() {
   for (const button of document.querySelectorAll(".switch button")) {
     button.setAttribute("aria-pressed", String(button.dataset.mode === state.mode));
   }
+  renderLoops();
+}
+
+// The background loops ----------------------------------------------------------------------
+
+function loopRow(label, stateText, stateClass, figures) {
+  const tr = document.createElement("tr");
+  const name = document.createElement("td");
+  name.className = "pid";
+  name.textContent = label;
+  const st = document.createElement("td");
+  st.className = "state " + stateClass;
+  st.textContent = stateText;
+  tr.append(name, st);
+  for (const key of LOOP_FIGURES) {
+    const td = document.createElement("td");
+    td.className = "num";
+    td.dataset.key = key;
+    let value = figures[key];
+    if (key === "stalls" && figures.stalling) value = value + "!";
+    td.textContent = String(value);
+    const bad = ["failed", "dropped", "lost"].includes(key) && figures[key] > 0;
+    if (bad || (key === "stalls" && figures.stalling)) td.classList.add("warn");
+    tr.appendChild(td);
+  }
+  return tr;
+}
+
+function renderLoops() {
+  const table = $("loops");
+  const loops = state.loops;
+  const body = document.createElement("tbody");
+  const foot = document.createElement("tfoot");
+  const empty = (text) => {
+    body.innerHTML = '<tr class="empty"><td colspan="11"></td></tr>';
+    body.querySelector("td").textContent = text;
+  };
+  if (loops === undefined) {
+    empty("The hub is not watching the workers (start it with --status-dir).");
+  } else if (loops === null) {
+    empty("No figures yet.");
+  } else if (!loops.workers.length) {
+    empty("No worker has published yet.");
+  }
+  for (const w of loops ? loops.workers : []) {
+    const tr = loopRow(String(w.pid), w.state, w.live ? "live" : "gone", w);
+    tr.dataset.pid = String(w.pid);
+    tr.dataset.live = String(w.live);
+    body.appendChild(tr);
+  }
+  if (loops) {
+    const label = loops.exited ? `all (${loops.exited} exited)` : "all";
+    foot.appendChild(loopRow(label, "", "", loops.all));
+  }
+  table.replaceChild(body, table.tBodies[0]);
+  table.replaceChild(foot, table.tFoot);
 }
 
 // The graph ------------------------------------------------------------------------------
@@ -211,6 +274,7 @@ function connect() {
     state.rate = snap.rate;
     state.mode = snap.mode;
     state.series = snap.series.slice(-MAX_POINTS);
+    state.loops = snap.loops; // undefined when the hub has no status directory
     state.connected = true;
     setStatus("live", "live");
     render();
@@ -229,6 +293,10 @@ function connect() {
     state.rate = tick.rate;
     addPoint(tick.point);
     plot();
+    scheduleRender();
+  });
+  source.addEventListener("loops", (e) => {
+    state.loops = JSON.parse(e.data);
     scheduleRender();
   });
   source.addEventListener("mode", (e) => {
