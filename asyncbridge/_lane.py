@@ -23,7 +23,7 @@ from . import _admission, _scheduler
 from ._config import Options
 from ._errors import AsyncBridgeError, BridgeClosed
 from ._future import BridgeFuture
-from ._inputs import not_a_coroutine
+from ._inputs import not_a_coroutine, timeout_arg
 from ._log import close_quietly
 from ._runtime import DEFAULT_LANE, NOT_STARTED, LaneState
 from ._stats import Stats
@@ -179,16 +179,30 @@ class Lane:
             AsyncBridgeError: Called from the bridge loop's thread or inside a running loop.
             BaseException: Whatever the coroutine raised.
         """
+        bridge = self._bridge
+        if bridge.in_loop_thread():
+            close_quietly(coro)
+            raise AsyncBridgeError(
+                "Lane.run() was called from the bridge's own event loop thread, where blocking "
+                "would deadlock; use `await` on the coroutine instead"
+            )
         running = asyncio._get_running_loop()
-        if running is not None or self._bridge.in_loop_thread():
+        # As in Bridge.run: under gevent with the bridge loop in the hub, request greenlets see
+        # the bridge loop as running; that one may block.
+        if running is not None and running is not bridge._rt.loop:
             close_quietly(coro)
             raise AsyncBridgeError(
                 "Lane.run() was called from a thread with a running event loop, which it would "
                 "block; `await` the coroutine instead (or use run_soon() to fire and forget)"
             )
+        try:
+            wait = timeout_arg("Lane.run", timeout)
+        except (TypeError, ValueError):
+            close_quietly(coro)
+            raise
         future = self.submit(coro)
         try:
-            return future.result(timeout)
+            return future.result(wait)
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise TimeoutError(

@@ -176,12 +176,14 @@ async def _retrying(
     test: Callable[[BaseException], bool],
 ) -> T:
     lane = _scheduler.current_lane()
+    rt = _scheduler.current_runtime() if lane is None else lane.runtime
     started = _monotonic()
     tries = 0
     while True:
         tries += 1
-        if tries > 1 and lane is not None:
-            _scheduler.count_retry(lane)
+        if tries > 1 and rt is not None:
+            # In a task a job spawned, the lane is unknown: the default lane counts it.
+            _scheduler.count_retry(rt if lane is None else lane)
         began = _monotonic()
         try:
             return await fn(*args, **kwargs)
@@ -195,35 +197,39 @@ async def _retrying(
         if asked is not None:
             wait += asked
         wake = _monotonic() + wait
-        if wake > started + budget or not await _rest(lane, wake, took):
+        if wake > started + budget or not await _rest(lane, rt, wake, took):
             raise last
 
 
-async def _rest(lane: Any, wake: float, took: float) -> bool:
+async def _rest(lane: Any, rt: Any, wake: float, took: float) -> bool:
     """Wait until ``wake`` without a slot; False when a drain deadline leaves no time to retry.
 
-    ``lane`` is the scheduler's lane of the running task, or None outside a bridge loop.
+    ``lane`` is the scheduler's lane of the running job (None in a task the job spawned, or
+    outside a bridge loop), ``rt`` the bridge loop's runtime (None outside one).
     """
-    if lane is None:
+    if rt is None:
         await asyncio.sleep(max(0.0, wake - _monotonic()))
         return True
-    rt = lane.runtime
     if _too_late(rt, wake, took):
         return False
-    _scheduler.give_back_slot(lane)
+    if lane is not None:
+        _scheduler.give_back_slot(lane)
     try:
         while True:
             remaining = wake - _monotonic()
             if remaining <= 0:
                 break
             if _too_late(rt, wake, took):
-                _scheduler.retake_slot(lane)
+                if lane is not None:
+                    _scheduler.retake_slot(lane)
                 return False
             await _scheduler.rest(rt, remaining)
     except BaseException:
-        _scheduler.retake_slot(lane)  # the task ends now; its end gives the slot back
+        if lane is not None:
+            _scheduler.retake_slot(lane)  # the task ends now; its end gives the slot back
         raise
-    await _scheduler.take_slot_back(lane)
+    if lane is not None:
+        await _scheduler.take_slot_back(lane)
     return True
 
 

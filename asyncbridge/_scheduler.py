@@ -26,6 +26,7 @@ __all__ = [
     "cancel_unstarted",
     "count_retry",
     "current_lane",
+    "current_runtime",
     "give_back_slot",
     "is_idle",
     "lane_state",
@@ -386,6 +387,14 @@ def current_lane() -> LaneState | None:
     if task is None or task not in rt.tasks:
         return None
     return rt.lane_of.get(task, rt)
+
+
+def current_runtime() -> Runtime | None:
+    """The runtime whose loop runs in the calling thread, or None elsewhere."""
+    rt: Runtime | None = getattr(LOOP_THREAD, "runtime", None)
+    if rt is None or asyncio._get_running_loop() is not rt.loop:
+        return None
+    return rt
 
 
 def count_retry(lane: LaneState) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 
 import pytest
 
+from asyncbridge import Bridge
 from asyncbridge._failures import Summaries, failure_kind
 
 LOGGER = "asyncbridge.test_failures"
@@ -260,3 +262,64 @@ def test_names_with_braces_are_written_as_they_are(
     assert records(caplog)[-1].getMessage() == (
         "asyncbridge task odd{0}name failed 2 times in the last 1 s: ValueError x2"
     )
+
+
+# -- through a real bridge ------------------------------------------------------------------------
+
+
+async def post_json(n: int) -> None:
+    if n % 4 == 0:
+        raise ClientResponseError(503)
+    raise ClientConnectorError("refused")
+
+
+async def notify() -> None:
+    await asyncio.sleep(10)
+
+
+def test_ten_thousand_failing_coroutines_on_a_bridge_give_a_handful_of_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, "asyncbridge")
+    bridge = Bridge(max_pending=20_000, log_interval=60)
+    for n in range(10_000):
+        assert bridge.run_soon(post_json(n))
+    assert bridge.drain(60)
+    report = bridge.shutdown(5, log=False)
+    assert (report.stats.accepted, report.stats.failed) == (10_000, 10_000)
+    lines = [r.getMessage() for r in caplog.records if r.name == "asyncbridge"]
+    assert len(lines) == 3, lines
+    assert lines[2] == (
+        "asyncbridge task post_json failed 10,000 times in the last "
+        + lines[2].split(" in the last ")[1].split(":")[0]
+        + ": ClientConnectorError x7,500, ClientResponseError(503) x2,500"
+    )
+
+
+def test_ten_thousand_refusals_on_a_bridge_give_two_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, "asyncbridge")
+    bridge = Bridge(max_pending=1, log_interval=60)
+    assert bridge.run_soon(notify())
+    results = [bridge.run_soon(notify()) for _ in range(10_000)]
+    report = bridge.shutdown(0.1, log=False)
+    assert results == [False] * 10_000
+    assert report.stats.dropped == {"full": 10_000, "closed": 0}
+    lines = [r.getMessage() for r in caplog.records if r.name == "asyncbridge"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("asyncbridge dropped notify: the backlog is full (1 pending)")
+    assert lines[1].endswith(", because the backlog is full (1 pending): notify x10,000")
+
+
+def test_the_log_interval_option_sets_the_summaries_interval() -> None:
+    bridge = Bridge(log_interval=2.5)
+    try:
+        bridge.start()
+        assert bridge._rt.summaries.interval == 2.5
+        bridge.configure(log_interval=7)
+        assert bridge._rt.summaries.interval == 7.0
+    finally:
+        bridge.shutdown(5, log=False)
+    with pytest.raises(ValueError):
+        Bridge(log_interval=0)

@@ -371,3 +371,22 @@ def test_a_final_failure_names_the_function(
     assert len(failures) == 1
     assert "post_json" in failures[0].getMessage()
     assert bridge.stats().retries == 1
+
+
+def test_a_retry_in_a_task_a_job_spawned_still_stops_at_the_drain_deadline() -> None:
+    bridge = asyncbridge.Bridge()
+    flaky = Flaky(1, exc=Unavailable(503, retry_after="5"))
+
+    async def job() -> object:
+        # Its own task: it holds no slot of the lane, but the drain deadline still applies.
+        return await asyncio.create_task(asyncbridge.retrying(flaky))
+
+    bridge.run_soon(job())
+    deadline = time.monotonic() + 5
+    while not flaky.calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    report = bridge.shutdown(2, log=False)
+    assert (report.stats.failed, report.stats.cancelled) == (1, 0)
+    assert report.clean and report.elapsed < 1.5
+    assert report.stats.retries == 0  # it gave up instead of trying again
