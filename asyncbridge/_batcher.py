@@ -80,22 +80,24 @@ class BatchQueue(Generic[T]):
     # -- the loop side (called by the scheduler, on the loop) -----------------------------------
 
     def pull(self) -> None:
-        """The wake-up callers queue: look at what waits."""
+        """The wake-up callers queue: look at what waits, and flush now if it is due."""
         self.scheduled = False
-        self.consider()
+        if self._decide():
+            _scheduler.start_waiting(self.lane)
 
-    def consider(self) -> None:
-        """Decide when what waits is flushed: now (size, or draining), or after ``max_delay``."""
+    def _decide(self) -> bool:
+        """When is what waits flushed: now (size, or draining; True), or after ``max_delay``?"""
         if not self.items:
-            return
+            return False
         if len(self.items) >= self.max_size or self.lane.runtime.closed:
             self.armed = self.due = True
-            _scheduler.start_waiting(self.lane)
-        elif not self.armed:
+            return True
+        if not self.armed:
             loop = self.lane.runtime.loop
             assert loop is not None
             self.armed = True
             self.timer = loop.call_later(self.max_delay, self._ripe)
+        return False
 
     def _ripe(self) -> None:
         self.timer = None
@@ -123,7 +125,7 @@ class BatchQueue(Generic[T]):
             _scheduler.start_batch(self.lane, self._flushing(batch), len(batch), self.name)
             started += 1
             if self.items:
-                self.consider()
+                self._decide()  # a full batch more is due now (this loop takes it), or later
         return started
 
     def _flushing(self, batch: list[T]) -> Coroutine[Any, Any, None]:

@@ -291,3 +291,33 @@ def test_a_batcher_follows_the_process_across_fork() -> None:
         report = bridge.shutdown(5)
         assert flush.items == [f"parent-{i}" for i in range(5)]
         assert report.stats.completed == 5
+
+
+def test_full_batches_waiting_for_slots_never_exceed_the_lanes_limit() -> None:
+    active = 0
+    most = 0
+    release = threading.Event()
+
+    async def slow_flush(items: list[int]) -> None:
+        nonlocal active, most
+        active += 1
+        most = max(most, active)
+        try:
+            while not release.is_set():  # noqa: ASYNC110 (a threading.Event: polled)
+                await asyncio.sleep(0.005)
+        finally:
+            active -= 1
+
+    with fresh_bridge() as bridge:
+        lane = bridge.lane("pair", max_concurrency=2)
+        batcher = bridge.batcher(slow_flush, max_size=5, max_delay=60, lane=lane)
+        for i in range(50):  # ten full batches at once
+            assert batcher.add(i)
+        assert wait_for(lambda: active == 2)
+        time.sleep(0.1)
+        assert most == 2
+        s = lane.stats()
+        assert (s.running, s.pending) == (10, 40)
+        release.set()
+        assert bridge.drain(10)
+        assert most == 2 and lane.stats().completed == 50
