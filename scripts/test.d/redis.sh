@@ -14,37 +14,23 @@ stop_system_daemon() {
     timeout 30 service redis-server stop >/dev/null 2>&1 || true
   fi
 }
-if command -v redis-server >/dev/null 2>&1; then
-  echo "redis: $(redis-server --version 2>/dev/null || echo present)"
-  exit 0
-fi
-if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-  echo "redis: redis-server is missing and we are not root with apt-get;" \
-    "install Debian's redis-server package to run the task-worker tests"
-  exit 0
-fi
-echo "redis: installing Debian's redis-server package (apt-get, at most 10 minutes)"
-export DEBIAN_FRONTEND=noninteractive
-if ! timeout 180 apt-get update -qq >/dev/null 2>&1; then
-  echo "redis: apt-get update failed or timed out; the task-worker tests will skip"
-  exit 0
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/apt.bash"
+have() { command -v redis-server >/dev/null 2>&1; }
+version() { redis-server --version 2>/dev/null; }
+tests="task-worker tests"
+apt_present redis && exit 0
+apt_ready redis redis-server redis-server "$tests" || exit 0
 # policy-rc.d 101 keeps the package's maintainer scripts from starting the daemon at all.
 policy=/usr/sbin/policy-rc.d
 made_policy=0
 if [ ! -e "$policy" ]; then
   printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
 fi
-if ! timeout 420 apt-get install -y -qq --no-install-recommends redis-server >/dev/null 2>&1; then
-  echo "redis: apt-get install redis-server failed or timed out; the task-worker tests will skip"
+if ! apt_install redis redis-server "$tests"; then
   [ "$made_policy" = 1 ] && rm -f "$policy"
   exit 0
 fi
 [ "$made_policy" = 1 ] && rm -f "$policy"
 stop_system_daemon
-if command -v redis-server >/dev/null 2>&1; then
-  echo "redis: installed $(redis-server --version 2>/dev/null)"
-else
-  echo "redis: the package installed but redis-server is missing; the task-worker tests will skip"
-fi
+apt_report redis redis-server "$tests"
 exit 0
