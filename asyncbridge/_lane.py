@@ -235,8 +235,9 @@ class Lane:
                 "the default lane's options are the bridge's: use asyncbridge.configure()"
             )
         self._explicit = {**self._explicit, **lane_options(self._name, options)}
-        st = self._st
-        if st.runtime.here[0]:
+        rt = self._bridge._rt
+        st = rt.lanes.get(self._name) if rt.pid == _getpid() else None
+        if st is not None:  # the lane is in use here: change it in place
             st.explicit = self._explicit
             _scheduler.apply_options(st, self._bridge.options)
 
