@@ -40,6 +40,7 @@ MODES = {
     "ceiling": "no event (ceiling)",
     "naive": "naive loop-in-thread, one POST per event",
     "asyncbridge": "asyncbridge.run_soon, one POST per event",
+    "lean": "asyncbridge.run_soon, one POST per event, lean session",
     "batched": "asyncbridge.batcher, 10 events per POST",
 }
 
@@ -184,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="gunicorn seed scenario, batched")
     parser.add_argument("--seconds", type=float, default=8.0, help="load length per run (8)")
     parser.add_argument("--runs", type=int, default=3, help="interleaved runs per mode (3)")
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
+    parser.add_argument(
+        "--modes",
+        default="ceiling,naive,asyncbridge,batched",
+        help=f"comma-separated, from {', '.join(MODES)} (default: all but lean)",
+    )
     parser.add_argument("--no-wrk", action="store_true", help="use the bundled generator only")
     parser.add_argument("--smoke", action="store_true", help="1 s per run, 1 run")
     args = parser.parse_args(argv)
@@ -239,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         rows,
     )
     print("\n### targets (ratios from this run)\n")
+    if {"lean", "asyncbridge"} <= medians.keys():
+        lean = medians["lean"] / medians["asyncbridge"]
+        print(f"(lean session / default session req/s: {lean:.2f})")
     if {"batched", "naive"} <= medians.keys():
         target_line(
             "saturation: batched / naive req/s",
@@ -247,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             2.0,
             "medians",
         )
-    for mode in ("batched", "asyncbridge"):
+    for mode in ("batched", "asyncbridge", "lean"):
         if mode in runs:
             accepted = sum(r.accepted for r in runs[mode])
             received = sum(r.received for r in runs[mode])

@@ -15,7 +15,7 @@ graceful_timeout = 25
 timeout = 45
 control_socket_disable = True
 
-if os.environ.get("SEED_MODE") in ("asyncbridge", "batched"):
+if os.environ.get("SEED_MODE") in ("asyncbridge", "lean", "batched"):
     import asyncbridge
 
     asyncbridge.configure(max_concurrency=500, drain_timeout=20.0)
