@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import pytest
 from asyncbridge import Bridge, Options, _watchdog
 from asyncbridge._config import options_from_env
 
-from .helpers import FORK_WARNING, assert_invariant, fresh_bridge, wait_child
+from .helpers import FORK_WARNING, assert_invariant, fresh_bridge, run_python, wait_child
 
 HERE = Path(__file__).resolve()
 START = re.compile(
@@ -152,7 +153,7 @@ def test_stall_warning_none_turns_it_off_and_configure_turns_it_on_at_once(
         bridge.run_soon(blocks_the_loop(0.8))
         assert bridge.drain(timeout=10)
         assert bridge.stats().stalls == 0
-        assert not any("watchdog" in t.name for t in threading.enumerate() if t.is_alive())
+        assert bridge._rt.watch is None  # no heartbeat, nothing watched
         bridge.configure(stall_warning=0.25)
         time.sleep(0.1)  # the heartbeat starts
         bridge.run_soon(blocks_the_loop(0.8))
@@ -163,14 +164,24 @@ def test_stall_warning_none_turns_it_off_and_configure_turns_it_on_at_once(
 
 
 def test_the_watchdog_thread_ends_with_the_last_loop_it_watches() -> None:
-    def watchdogs() -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t.name.startswith("asyncbridge-watchdog")]
+    # In a fresh interpreter: in this one, other tests' bridges may still be watched.
+    code = textwrap.dedent(
+        """
+        import threading, asyncbridge
 
-    with fresh_bridge(stall_warning=1.0) as bridge:
-        bridge.run_soon(healthy(0))
-        assert bridge.drain(timeout=5)
-        assert len(watchdogs()) == 1
-    assert watchdogs() == []
+        def watchdogs():
+            return [t for t in threading.enumerate() if t.name.startswith("asyncbridge-watchdog")]
+
+        b = asyncbridge.Bridge(stall_warning=1.0)
+        b.start()
+        during = len(watchdogs())
+        b.shutdown(2)
+        print(during, len(watchdogs()))
+        """
+    )
+    done = run_python(code, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "0"]
 
 
 def test_stall_warning_comes_from_the_environment_and_is_validated() -> None:
