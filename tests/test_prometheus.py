@@ -17,7 +17,10 @@ import asyncbridge.prometheus
 from asyncbridge import Bridge, _publish
 from asyncbridge._publish import Publisher, Timing
 
-from .helpers import ROOT, fresh_bridge
+from .helpers import FORK_WARNING, ROOT, fresh_bridge
+
+# The fixtures fork this (threaded) process; Python 3.12+ warns about exactly that.
+pytestmark = pytest.mark.filterwarnings(FORK_WARNING)
 
 COUNTERS = [
     "asyncbridge_jobs_accepted_total",

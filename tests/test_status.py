@@ -16,7 +16,10 @@ import pytest
 from asyncbridge import _publish, _status
 from asyncbridge._publish import Publisher, read_directory
 
-from .helpers import ROOT
+from .helpers import FORK_WARNING, ROOT
+
+# The fixtures fork this (threaded) process; Python 3.12+ warns about exactly that.
+pytestmark = pytest.mark.filterwarnings(FORK_WARNING)
 
 
 def _counts(**values: int) -> tuple[int, ...]:
