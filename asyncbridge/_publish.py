@@ -895,8 +895,17 @@ class DirectoryView:
 
 @contextlib.contextmanager
 def _locked(directory: str, exclusive: bool) -> Iterator[None]:
-    os.makedirs(directory, exist_ok=True)
-    fd = os.open(os.path.join(directory, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    path = os.path.join(directory, LOCK)
+    if exclusive:
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    else:
+        # A reader (`status`, a scraper) may be another user, with read access only.
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            yield  # no lock file yet: nothing has been counted, there is nothing to race
+            return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
