@@ -287,9 +287,19 @@ class Lane:
 
 
 def _wake(st: LaneState, backlog: int) -> None:
-    """After an append to a lane's inbox: queue the loop's wake-up, or back off if it is overdue."""
+    """After an append to a lane's inbox: queue the loop's wake-up, or back off if it is overdue.
+
+    A lane at its concurrency limit needs neither: what waits starts when a slot frees, since
+    every job's end gives its slot back before it looks at the inbox, and this append came
+    before our read of ``busy``. (A lane whose destination hangs sits at its limit: waking the
+    loop for each hand-off, and backing off when the loop is slow to take the wake-up, would
+    cost the requests for nothing.)
+    """
     rt = st.runtime
-    if not st.scheduled:
+    limit = st.options.max_concurrency
+    if limit is not None and st.busy >= limit:
+        pass
+    elif not st.scheduled:
         st.scheduled = True
         st.scheduled_at = _monotonic()
         st.starved = False  # a finding about an earlier wake-up is stale

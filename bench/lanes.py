@@ -122,24 +122,26 @@ CONFIGS = {
     "shared": "one destination down, one shared lane",
 }
 
-# The two destinations, in their own process (no GIL shared with gunicorn or the load): ports on
-# stdout, and when stdin closes, what each received.
-_SINKS = """
+# Each destination in its own process (no GIL shared with each other, gunicorn or the load: the
+# broken one's hung requests must not delay the healthy one's receipts): its port on stdout, and
+# when stdin closes, what it received.
+_SINK = """
 import json, sys
 from tests.e2e.test_lanes import BrokenSink, LatencySink
-healthy = LatencySink(delay=0.1).start()
-broken = BrokenSink(fail_for=1.0).start()
-print(json.dumps([healthy.port, broken.port]), flush=True)
+if sys.argv[1] == "healthy":
+    sink = LatencySink(delay=0.1).start()
+else:
+    sink = BrokenSink(fail_for=1.0).start()
+print(sink.port, flush=True)
 sys.stdin.read()
-result = {
-    "healthy_ids": dict(healthy.ids),
-    "latencies": list(healthy.latencies.values()),
-    "broken_requests": broken.requests,
-}
-broken.stop()
-healthy.stop()
+if sys.argv[1] == "healthy":
+    result = {"ids": dict(sink.ids), "latencies": list(sink.latencies.values())}
+else:
+    result = {"requests": sink.requests}
+sink.stop()
 print(json.dumps(result), flush=True)
 """
+
 
 _CONF = """\
 from asyncbridge.gunicorn import post_fork, post_worker_init, worker_abort, worker_exit, worker_int
@@ -167,6 +169,7 @@ class Run:
     healthy_received: int
     broken: dict[str, int]
     log_lines: int
+    cpu_us: float  # the workers' CPU per request during the load
 
 
 def one_run(config: str, seconds: float, rate: float, try_timeout: float) -> Run:
@@ -176,29 +179,34 @@ def one_run(config: str, seconds: float, rate: float, try_timeout: float) -> Run
     import tempfile
 
     from _common import ROOT, percentile
-    from seed_scenario import python_load
+    from seed_scenario import _children, _cpu_seconds, python_load
 
     from tests.e2e.procs import Server, free_port, wait_http
 
-    sinks = subprocess.Popen(
-        [sys.executable, "-c", _SINKS],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    sinks = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", _SINK, name],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        for name in ("healthy", "broken")
+    }
     try:
-        assert sinks.stdin is not None and sinks.stdout is not None
-        healthy_port, broken_port = json.loads(sinks.stdout.readline())
+        ports = {}
+        for name, sink in sinks.items():
+            assert sink.stdout is not None
+            ports[name] = int(sink.stdout.readline())
         port = free_port()
         with tempfile.TemporaryDirectory(prefix=f"lanes-{config}-") as tmp:
             conf = Path(tmp) / "gunicorn.conf.py"
             conf.write_text(_CONF.format(port=port))
             env = {
                 "LANES_MODE": config,
-                "LANES_HEALTHY": f"http://127.0.0.1:{healthy_port}/notify",
-                "LANES_BROKEN": f"http://127.0.0.1:{broken_port}/notify",
+                "LANES_HEALTHY": f"http://127.0.0.1:{ports['healthy']}/notify",
+                "LANES_BROKEN": f"http://127.0.0.1:{ports['broken']}/notify",
                 "LANES_OUT": tmp,
                 "ASYNCBRIDGE_DRAIN_TIMEOUT": "5",
                 "LANES_TRY_TIMEOUT": str(try_timeout),
@@ -209,20 +217,32 @@ def one_run(config: str, seconds: float, rate: float, try_timeout: float) -> Run
             try:
                 wait_http(f"http://127.0.0.1:{port}/stats", 30, server.proc)
                 time.sleep(1.0)
+                workers = _children(server.pid)
+                cpu_before = sum(_cpu_seconds(w) for w in workers)
                 rps, p50, p99, errors = python_load(port, seconds, rate=rate)
+                cpu = sum(_cpu_seconds(w) for w in workers) - cpu_before
                 server.signal(signal.SIGTERM)
                 server.wait(60)
             finally:
                 server.stop()
             log = (Path(tmp) / "gunicorn.log").read_text(errors="replace")
             stats = [json.loads(p.read_text()) for p in Path(tmp).glob("*.json")]
-        sinks.stdin.close()
-        result = json.loads(sinks.stdout.readline())
-        sinks.wait(30)
+        results = {}
+        for name, sink in sinks.items():
+            assert sink.stdin is not None and sink.stdout is not None
+            sink.stdin.close()
+            results[name] = json.loads(sink.stdout.readline())
+            sink.wait(30)
     finally:
-        if sinks.poll() is None:
-            sinks.kill()
-            sinks.wait(10)
+        for sink in sinks.values():
+            if sink.poll() is None:
+                sink.kill()
+                sink.wait(10)
+    result = {
+        "healthy_ids": results["healthy"]["ids"],
+        "latencies": results["healthy"]["latencies"],
+        "broken_requests": results["broken"]["requests"],
+    }
     if len(stats) != 2:
         raise RuntimeError(f"{config}: {len(stats)} worker reports, expected 2:\n{log[-3000:]}")
     broken: dict[str, int] = collections.Counter()
@@ -251,12 +271,13 @@ def one_run(config: str, seconds: float, rate: float, try_timeout: float) -> Run
         sum(result["healthy_ids"].values()),
         dict(broken),
         sum("asyncbridge" in line for line in log.splitlines()),
+        cpu / max(1.0, rps * seconds) * 1e6,
     )
     print(
         f"  {config}: {rps:.0f} req/s, request p99 {p99:.1f} ms, healthy arrival p99 "
         f"{run.arrival_p99_ms:.1f} ms, healthy {run.healthy_received}/{healthy_accepted}, "
         f"broken {dict(broken)}, {run.log_lines} asyncbridge log lines, broken sink saw "
-        f"{result['broken_requests']} requests",
+        f"{result['broken_requests']} requests, {run.cpu_us:.0f} us worker CPU per request",
         flush=True,
     )
     return run
@@ -327,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                 broken["retries"],
                 broken["dropped"],
                 sum(r.log_lines for r in rs),
+                statistics.median(r.cpu_us for r in rs),
             ]
         )
     print_table(
@@ -344,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             "retries",
             "dropped",
             "asyncbridge log lines",
+            "worker CPU us/req",
         ],
         rows,
     )

@@ -317,3 +317,23 @@ def test_lanes_follow_the_process_across_fork() -> None:
         release.set()
         assert bridge.drain(10)
         assert lane.stats().completed == 5
+
+
+def test_a_lane_at_its_limit_queues_no_wake_ups_and_strands_nothing(bridge: Bridge) -> None:
+    release = threading.Event()
+    lane = bridge.lane("full", max_concurrency=1)
+    box: list[str] = []
+    assert lane.run_soon(hang(release))
+    st = bridge._rt.lanes["full"]
+    deadline = time.monotonic() + 5
+    while st.busy < 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    for i in range(200):
+        assert lane.run_soon(quick(box, str(i)))
+    # The lane is full: the loop starts these when the slot frees, so none queued a wake-up.
+    assert st.scheduled is False and st.backoffs == 0
+    assert lane.stats().pending == 200
+    release.set()
+    assert bridge.drain(10)
+    assert box == [str(i) for i in range(200)]
+    assert lane.stats().completed == 201
