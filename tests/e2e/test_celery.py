@@ -12,59 +12,30 @@ The control runs the same app without ``asyncbridge.celery.install()``.
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from . import workers
 from .apps.worker_common import Ledger, environment, read_ledger
-from .procs import PYTHON, ROOT, Server, running
-from .redis import RedisServer, redis_server
-from .sink import Sink, wait_until
+from .procs import PYTHON
+from .redis import RedisServer
+from .sink import Sink
+from .workers import (
+    assert_all_received,
+    assert_every_task_ran_once,
+    assert_reports_account_for,
+    find_reports,
+    sigterm_when,
+)
 
 pytestmark = pytest.mark.e2e
 
 SINK_DELAY = 1.5
-REPORT = re.compile(
-    r"Celery (?P<where>pool|main) process: asyncbridge shutdown of pid (?P<pid>\d+) .*?"
-    r"accepted=(?P<accepted>\d+) completed=(?P<completed>\d+) failed=(?P<failed>\d+) "
-    r"timed_out=(?P<timed_out>\d+) cancelled=(?P<cancelled>\d+)"
-)
+REPORT = workers.report_pattern(r"Celery (?P<where>pool|main) process: ")
 
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with redis_server(tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    with Sink(delay=SINK_DELAY) as s:
-        yield s
-
-
-def _enqueue(n: int, env: dict[str, str]) -> None:
-    code = (
-        "from tests.e2e.apps.worker_celery import notify\n"
-        f"for i in range({n}):\n"
-        "    notify.delay(f't{i}')\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+redis = workers.redis_fixture
+sink = workers.sink_fixture(SINK_DELAY)
 
 
 def _run_worker(
@@ -73,7 +44,11 @@ def _run_worker(
     """Enqueue ``n`` tasks, run the worker until every task ran, warm-stop it; the ledger, log."""
     ledger_path = tmp_path / "ledger"
     env = environment(redis_url=redis.url, sink_url=sink.url, ledger=ledger_path, adapter=adapter)
-    _enqueue(n, env)
+    code = (
+        "from tests.e2e.apps.worker_celery import notify\n"
+        f"for i in range({n}):\n"
+        "    notify.delay(f't{i}')\n"
+    )
     argv = [
         PYTHON,
         "-m",
@@ -95,22 +70,16 @@ def _run_worker(
         "--without-mingle",
         "--without-heartbeat",
     ]
-    with running(argv, log=tmp_path / "celery.log", env=env) as worker:
-        assert wait_until(lambda: read_ledger(ledger_path).lines >= n, 45), _tail(worker)
-        worker.signal(signal.SIGTERM)  # warm shutdown, hand-offs of the last tasks in flight
-        assert worker.wait(30) == 0, _tail(worker)
-        log = worker.output()
-    # Every post that reached the sink is answered (received) or abandoned within the delay.
-    assert wait_until(lambda: sink.requests == sink.received + _abandoned(sink), SINK_DELAY + 5)
+    log = workers.run_worker(
+        ["-c", code],
+        argv,
+        env=env,
+        log=tmp_path / "celery.log",
+        stop=lambda w: sigterm_when(w, lambda: read_ledger(ledger_path).lines >= n, 45),
+        sink=sink,
+        sink_delay=SINK_DELAY,
+    )
     return read_ledger(ledger_path), log
-
-
-def _abandoned(sink: Sink) -> int:
-    return sum(sink.abandoned.values())
-
-
-def _tail(worker: Server) -> str:
-    return worker.output()[-4000:]
 
 
 def test_celery_prefork_drains_at_recycling_and_warm_shutdown(
@@ -118,18 +87,14 @@ def test_celery_prefork_drains_at_recycling_and_warm_shutdown(
 ) -> None:
     n = 100
     ledger, log = _run_worker(n, redis, sink, tmp_path, adapter=True)
-    assert ledger.runs == {f"t{i}": 1 for i in range(n)}  # every task ran exactly once
-    assert len(ledger.accepted) == n
-    # Received == accepted, id by id, and nothing arrived twice.
-    assert dict(sink.ids) == {f"t{i}": 1 for i in range(n)}
-    assert _abandoned(sink) == 0
-    reports = [m.groupdict() for m in REPORT.finditer(log)]
+    # Every task ran exactly once; received == accepted, id by id, and nothing arrived twice.
+    assert_all_received(n, ledger, sink)
+    reports = find_reports(REPORT, log)
     pool = [r for r in reports if r["where"] == "pool"]
     # Every pool child that ran tasks drained and reported (a fresh child that the warm
     # shutdown found idle reports accepted=0); together they account for every hand-off.
     assert {int(r["pid"]) for r in pool if r["accepted"] != "0"} == set(ledger.pids), log[-4000:]
-    assert sum(int(r["accepted"]) for r in pool) == n
-    assert sum(int(r["completed"]) for r in pool) == n
+    assert_reports_account_for(n, pool)
     assert sum(int(r["failed"]) + int(r["cancelled"]) for r in pool) == 0
     assert len(ledger.pids) >= n // 5  # children really recycled
     print(f"\ncelery adapter: tasks={n} accepted={n} received={sink.received} lost=0")
@@ -140,8 +105,7 @@ def test_control_without_install_loses_hand_offs(
 ) -> None:
     n = 20
     ledger, log = _run_worker(n, redis, sink, tmp_path, adapter=False)
-    assert ledger.runs == {f"t{i}": 1 for i in range(n)}
-    assert len(ledger.accepted) == n
+    assert_every_task_ran_once(n, ledger)
     assert not REPORT.search(log)  # nothing drained
     lost = n - sink.received
     assert sink.duplicates() == 0
@@ -153,26 +117,19 @@ def test_example_proj_delivers_every_notification(
     redis: RedisServer, sink: Sink, tmp_path: Path
 ) -> None:
     n = 10
-    example = ROOT / "examples" / "celery"
-    env = {"REDIS_URL": redis.url, "NOTIFY_URL": sink.url}
     code = (
         f"from proj import order_placed\nfor i in range({n}):\n    order_placed.delay(f'e{{i}}')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=example,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
     argv = [PYTHON, "-m", "celery", "-A", "proj", "worker", "-P", "prefork", "-c", "2"]
     argv += ["--max-tasks-per-child", "5", "-n", f"example-{tmp_path.name}@127.0.0.1"]
-    with running(argv, log=tmp_path / "celery.log", env=env, cwd=example) as worker:
-        assert wait_until(lambda: sink.requests >= n, 45), _tail(worker)
-        worker.signal(signal.SIGTERM)
-        assert worker.wait(30) == 0, _tail(worker)
-    assert wait_until(lambda: sink.requests == sink.received + _abandoned(sink), SINK_DELAY + 5)
+    workers.run_example(
+        "celery",
+        code,
+        argv,
+        redis=redis,
+        sink=sink,
+        sink_delay=SINK_DELAY,
+        log=tmp_path / "celery.log",
+        stop=lambda w: sigterm_when(w, lambda: sink.requests >= n, 45),
+    )
     assert dict(sink.ids) == {f"e{i}": 1 for i in range(n)}

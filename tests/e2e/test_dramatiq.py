@@ -21,39 +21,32 @@ import functools
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from . import workers
 from .apps.worker_common import Ledger, environment, read_ledger
-from .procs import PYTHON, ROOT, Server, running
-from .redis import RedisServer, redis_server
+from .procs import PYTHON, Server
+from .redis import RedisServer
 from .sink import Sink, wait_until
+from .workers import (
+    assert_all_received,
+    assert_every_task_ran_once,
+    assert_reports_account_for,
+    sigterm_when,
+    tail,
+)
 
 pytestmark = pytest.mark.e2e
 
 SINK_DELAY = 6.0
-REPORT = re.compile(
-    r"Dramatiq worker: asyncbridge shutdown of pid (?P<pid>\d+) .*?accepted=(?P<accepted>\d+) "
-    r"completed=(?P<completed>\d+) failed=(?P<failed>\d+) timed_out=(?P<timed_out>\d+) "
-    r"cancelled=(?P<cancelled>\d+)"
-)
+REPORT = workers.report_pattern(r"Dramatiq worker: ")
 
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with redis_server(tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    with Sink(delay=SINK_DELAY) as s:
-        yield s
+redis = workers.redis_fixture
+sink = workers.sink_fixture(SINK_DELAY)
 
 
 WORKER_PID = re.compile(r"\[PID (\d+)\] \[MainThread\] \[dramatiq\.WorkerProcess\(\d\)\]")
@@ -91,37 +84,39 @@ def _run(
         f"for i in range({n}):\n"
         "    notify.send(f't{i}')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
     argv = [PYTHON, "-m", "dramatiq", "tests.e2e.apps.worker_dramatiq", "-p", "2", "-t", "2"]
-    with running(argv, log=tmp_path / "dramatiq.log", env=env) as worker:
-        assert wait_until(lambda: read_ledger(ledger_path).lines >= n, 40), worker.output()[-4000:]
-        worker.signal(signal.SIGTERM)  # the last hand-offs are still in flight
-        if second_term:
-            assert wait_until(lambda: len(_worker_pids(worker)) == 2, 10), worker.output()[-4000:]
-            pids = _worker_pids(worker)
-            for pid in sorted(pids):
-                began = wait_until(functools.partial(_drain_began, worker, pid, adapter), 20)
-                assert began, worker.output()[-4000:]
-                time.sleep(0.5)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-        assert worker.wait(30) in ((0, 1) if second_term else (0,)), worker.output()[-4000:]
-        log = worker.output()
-    assert wait_until(lambda: sink.requests == sink.received + _abandoned(sink), SINK_DELAY + 5)
-    return read_ledger(ledger_path), [m.groupdict() for m in REPORT.finditer(log)]
+    log = workers.run_worker(
+        ["-c", code],
+        argv,
+        env=env,
+        log=tmp_path / "dramatiq.log",
+        stop=lambda w: sigterm_when(
+            w,
+            lambda: read_ledger(ledger_path).lines >= n,
+            40,
+            then=_second_sigterms(adapter) if second_term else None,
+            exit_codes=(0, 1) if second_term else (0,),
+        ),
+        sink=sink,
+        sink_delay=SINK_DELAY,
+    )
+    return read_ledger(ledger_path), workers.find_reports(REPORT, log)
 
 
-def _abandoned(sink: Sink) -> int:
-    return sum(sink.abandoned.values())
+def _second_sigterms(adapter: bool) -> Callable[[Server], None]:
+    """Another SIGTERM to each worker process, half a second into its drain."""
+
+    def send(worker: Server) -> None:
+        assert wait_until(lambda: len(_worker_pids(worker)) == 2, 10), tail(worker)
+        pids = _worker_pids(worker)
+        for pid in sorted(pids):
+            began = wait_until(functools.partial(_drain_began, worker, pid, adapter), 20)
+            assert began, tail(worker)
+            time.sleep(0.5)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    return send
 
 
 def test_dramatiq_worker_processes_drain_at_sigterm(
@@ -129,16 +124,12 @@ def test_dramatiq_worker_processes_drain_at_sigterm(
 ) -> None:
     n = 200
     ledger, reports = _run(n, redis, sink, tmp_path, adapter=True)
-    every_once = {f"t{i}": 1 for i in range(n)}
-    assert ledger.runs == every_once  # every message ran exactly once
-    assert len(ledger.accepted) == n
-    assert dict(sink.ids) == every_once  # received == accepted, no duplicates
-    assert _abandoned(sink) == 0
+    # Every message ran exactly once; received == accepted, no duplicates.
+    assert_all_received(n, ledger, sink)
     # Both worker processes drained; their reports account for every hand-off.
     assert len(reports) == 2, reports
     assert {int(r["pid"]) for r in reports} >= set(ledger.pids)
-    assert sum(int(r["accepted"]) for r in reports) == n
-    assert sum(int(r["completed"]) for r in reports) == n
+    assert_reports_account_for(n, reports)
     print(f"\ndramatiq adapter: messages={n} accepted={n} received={sink.received} lost=0")
 
 
@@ -147,8 +138,7 @@ def test_control_without_the_middleware_the_core_finalizer_drains_a_plain_sigter
 ) -> None:
     n = 20
     ledger, reports = _run(n, redis, sink, tmp_path, adapter=False)
-    assert ledger.runs == {f"t{i}": 1 for i in range(n)}
-    assert len(ledger.accepted) == n
+    assert_every_task_ran_once(n, ledger)
     assert reports == []  # the middleware's report is absent: the core's finalizer drained
     assert dict(sink.ids) == {f"t{i}": 1 for i in range(n)}
     print(f"\ndramatiq control, one SIGTERM: messages={n} received={sink.received} lost=0")
@@ -160,8 +150,7 @@ def test_a_second_sigterm_during_the_drain(
 ) -> None:
     n = 20
     ledger, reports = _run(n, redis, sink, tmp_path, adapter=adapter, second_term=True)
-    assert ledger.runs == {f"t{i}": 1 for i in range(n)}
-    assert len(ledger.accepted) == n
+    assert_every_task_ran_once(n, ledger)
     assert sink.duplicates() == 0
     lost = n - sink.received
     if adapter:
@@ -179,27 +168,19 @@ def test_example_proj_delivers_every_notification(
     redis: RedisServer, sink: Sink, tmp_path: Path
 ) -> None:
     n = 10
-    example = ROOT / "examples" / "dramatiq"
-    env = {"REDIS_URL": redis.url, "NOTIFY_URL": sink.url}
     code = (
         f"from proj import order_placed\nfor i in range({n}):\n    order_placed.send(f'e{{i}}')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=example,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
     argv = [PYTHON, "-m", "dramatiq", "proj", "--processes", "2", "--threads", "2"]
-    with running(argv, log=tmp_path / "dramatiq.log", env=env, cwd=example) as worker:
-        assert wait_until(lambda: sink.requests >= n, 40), worker.output()[-4000:]
-        worker.signal(signal.SIGTERM)
-        assert worker.wait(30) == 0, worker.output()[-4000:]
-        log = worker.output()
-    assert wait_until(lambda: sink.requests == sink.received + _abandoned(sink), SINK_DELAY + 5)
+    log = workers.run_example(
+        "dramatiq",
+        code,
+        argv,
+        redis=redis,
+        sink=sink,
+        sink_delay=SINK_DELAY,
+        log=tmp_path / "dramatiq.log",
+        stop=lambda w: sigterm_when(w, lambda: sink.requests >= n, 40),
+    )
     assert dict(sink.ids) == {f"e{i}": 1 for i in range(n)}
     assert len(REPORT.findall(log)) == 2  # the middleware drained both processes

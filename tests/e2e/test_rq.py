@@ -10,40 +10,26 @@ control (plain ``rq.Worker``) every hand-off is still in flight when its horse d
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from . import workers
 from .apps.worker_common import Ledger, environment, read_ledger
-from .procs import PYTHON, ROOT, running
-from .redis import RedisServer, redis_server
-from .sink import Sink, wait_until
+from .procs import PYTHON
+from .redis import RedisServer
+from .sink import Sink
+from .workers import assert_all_received, assert_every_task_ran_once, exits_by_itself
 
 pytestmark = pytest.mark.e2e
 
 SINK_DELAY = 0.3
-REPORT = re.compile(
-    r"asyncbridge drain of (?P<where>work horse for job [\w-]+|worker): asyncbridge shutdown of "
-    r"pid (?P<pid>\d+) .*?accepted=(?P<accepted>\d+) completed=(?P<completed>\d+) "
-    r"failed=(?P<failed>\d+) timed_out=(?P<timed_out>\d+) cancelled=(?P<cancelled>\d+)"
+REPORT = workers.report_pattern(
+    r"asyncbridge drain of (?P<where>work horse for job [\w-]+|worker): "
 )
 
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with redis_server(tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    with Sink(delay=SINK_DELAY) as s:
-        yield s
+redis = workers.redis_fixture
+sink = workers.sink_fixture(SINK_DELAY)
 
 
 def _burst(
@@ -57,16 +43,6 @@ def _burst(
         ledger=ledger_path,
         adapter=worker_class.startswith("asyncbridge."),
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.e2e.apps.worker_rq", str(n)],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
     argv = [
         PYTHON,
         "-m",
@@ -81,23 +57,16 @@ def _burst(
         f"abtest-{tmp_path.name}",
         "abtest",
     ]
-    with running(argv, log=tmp_path / "rq.log", env=env) as worker:
-        assert worker.wait(80) == 0, worker.output()[-4000:]
-        log = worker.output()
-    assert wait_until(lambda: sink.requests == sink.received + _abandoned(sink), SINK_DELAY + 5)
-    return read_ledger(ledger_path), [m.groupdict() for m in REPORT.finditer(log)]
-
-
-def _abandoned(sink: Sink) -> int:
-    return sum(sink.abandoned.values())
-
-
-def _assert_all_received(n: int, ledger: Ledger, sink: Sink) -> None:
-    every_once = {f"t{i}": 1 for i in range(n)}
-    assert ledger.runs == every_once  # every job ran exactly once
-    assert len(ledger.accepted) == n
-    assert dict(sink.ids) == every_once  # received == accepted, and no duplicates
-    assert _abandoned(sink) == 0
+    log = workers.run_worker(
+        ["-m", "tests.e2e.apps.worker_rq", str(n)],
+        argv,
+        env=env,
+        log=tmp_path / "rq.log",
+        stop=exits_by_itself,
+        sink=sink,
+        sink_delay=SINK_DELAY,
+    )
+    return read_ledger(ledger_path), workers.find_reports(REPORT, log)
 
 
 def test_rq_worker_horse_drains_before_it_exits(
@@ -105,7 +74,7 @@ def test_rq_worker_horse_drains_before_it_exits(
 ) -> None:
     n = 30
     ledger, reports = _burst(n, "asyncbridge.rq.Worker", redis, sink, tmp_path)
-    _assert_all_received(n, ledger, sink)
+    assert_all_received(n, ledger, sink)
     horses = [r for r in reports if r["where"].startswith("work horse")]
     assert len(horses) == n == len(ledger.pids)  # a horse per job, each drained once
     assert {int(r["pid"]) for r in horses} == set(ledger.pids)
@@ -118,7 +87,7 @@ def test_rq_simple_worker_drains_once_when_the_burst_ends(
 ) -> None:
     n = 100
     ledger, reports = _burst(n, "asyncbridge.rq.SimpleWorker", redis, sink, tmp_path)
-    _assert_all_received(n, ledger, sink)
+    assert_all_received(n, ledger, sink)
     assert len(ledger.pids) == 1
     assert [(r["where"], r["accepted"], r["completed"]) for r in reports] == [
         ("worker", str(n), str(n))
@@ -131,7 +100,7 @@ def test_rq_spawn_worker_horse_drains_before_it_exits(
 ) -> None:
     n = 4
     ledger, _ = _burst(n, "asyncbridge.rq.SpawnWorker", redis, sink, tmp_path)
-    _assert_all_received(n, ledger, sink)
+    assert_all_received(n, ledger, sink)
     # A horse per job. (A spawned horse is a fresh interpreter without the worker's logging
     # set-up, so its report, like RQ's own horse log lines, goes nowhere.)
     assert len(ledger.pids) == n
@@ -142,8 +111,7 @@ def test_control_plain_rq_worker_loses_every_hand_off(
 ) -> None:
     n = 10
     ledger, reports = _burst(n, "rq.Worker", redis, sink, tmp_path)
-    assert ledger.runs == {f"t{i}": 1 for i in range(n)}
-    assert len(ledger.accepted) == n
+    assert_every_task_ran_once(n, ledger)
     assert reports == []
     lost = n - sink.received
     assert sink.duplicates() == 0
@@ -156,22 +124,17 @@ def test_example_jobs_deliver_every_notification(
     redis: RedisServer, sink: Sink, tmp_path: Path
 ) -> None:
     n = 5
-    example = ROOT / "examples" / "rq"
-    env = {"REDIS_URL": redis.url, "NOTIFY_URL": sink.url}
     code = f"import jobs\nfor i in range({n}):\n    jobs.enqueue(f'e{{i}}')\n"
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=example,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
     argv = [PYTHON, "-m", "rq.cli", "worker", "--burst", "--url", redis.url]
     argv += ["--worker-class", "asyncbridge.rq.Worker", "--name", f"example-{tmp_path.name}"]
-    with running(argv, log=tmp_path / "rq.log", env=env, cwd=example) as worker:
-        assert worker.wait(80) == 0, worker.output()[-4000:]
-    assert wait_until(lambda: sink.requests == sink.received + _abandoned(sink), SINK_DELAY + 5)
+    workers.run_example(
+        "rq",
+        code,
+        argv,
+        redis=redis,
+        sink=sink,
+        sink_delay=SINK_DELAY,
+        log=tmp_path / "rq.log",
+        stop=exits_by_itself,
+    )
     assert dict(sink.ids) == {f"e{i}": 1 for i in range(n)}
