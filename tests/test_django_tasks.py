@@ -8,8 +8,6 @@ the process with a few backend aliases; every test swaps in a fresh default brid
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,8 +20,8 @@ import asyncbridge.aiohttp
 from asyncbridge import BacklogFull, Bridge
 from asyncbridge.pytest_plugin import EagerBridge
 
-from .e2e.procs import ROOT
 from .e2e.sink import Sink
+from .example_tests import assert_example_tests_pass
 
 if TYPE_CHECKING:
     from django_tasks import TaskContext, TaskResult
@@ -84,6 +82,14 @@ def bridge() -> Iterator[Bridge]:
     finally:
         fresh.shutdown(5)
         asyncbridge.set_default_bridge(previous)
+
+
+def _wait_running(func: Callable[..., Any], result: TaskResult[Any]) -> None:
+    """Wait (10 s at most) until the backend's store says the task is running."""
+    deadline = time.monotonic() + 10
+    while _task(func).get_result(result.id).status != "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
 
 
 def _refreshed(result: TaskResult[Any], bridge: Bridge) -> TaskResult[Any]:
@@ -275,10 +281,7 @@ def test_tasks_cut_at_the_drain_deadline_are_failed(bridge: Bridge) -> None:
     bridge.configure(max_concurrency=1)
     running = _task(slow).enqueue(30)
     queued = _task(add).enqueue(1, 2)  # waits behind it, never starts
-    deadline = time.monotonic() + 10
-    while _task(slow).get_result(running.id).status != "RUNNING":
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    _wait_running(slow, running)
     report = bridge.shutdown(0.2)
     assert report.stats.cancelled == 2
     assert "tests.test_django_tasks.slow" in report.cancelled_names
@@ -291,10 +294,7 @@ def test_tasks_cut_at_the_drain_deadline_are_failed(bridge: Bridge) -> None:
 
 def test_a_sync_task_still_running_at_the_deadline_is_failed(bridge: Bridge) -> None:
     result = _task(blocking_sync).enqueue(1.5)
-    deadline = time.monotonic() + 10
-    while _task(blocking_sync).get_result(result.id).status != "RUNNING":
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    _wait_running(blocking_sync, result)
     report = bridge.shutdown(0.1)
     assert report.stats.cancelled == 1
     result.refresh()
@@ -387,13 +387,4 @@ def test_bad_options_are_refused(options: dict[str, Any], message: str) -> None:
 def test_the_example_projects_own_tests_pass_with_the_plugin() -> None:
     # examples/django_tasks/test_shop.py, run as a user would run it (its conftest configures
     # Django, so it gets a fresh interpreter).
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "examples/django_tasks"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 passed" in result.stdout, result.stdout
+    assert_example_tests_pass("django_tasks", passed=2)

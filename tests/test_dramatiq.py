@@ -44,19 +44,36 @@ def _actor(broker: StubBroker) -> dramatiq.Actor[[str], bool]:
     return dramatiq.actor(broker=broker, actor_name=f"hand_off_{id(broker)}")(hand_off)
 
 
-def test_embedded_worker_stop_waits_for_the_bridge_and_leaves_it_running(
-    broker: StubBroker, asyncbridge_bridge: RecordingBridge
+def _work(
+    broker: StubBroker,
+    actor: dramatiq.Actor[[str], bool],
+    n: int,
+    caplog: pytest.LogCaptureFixture | None = None,
 ) -> None:
-    actor = _actor(broker)
+    """Send ``n`` messages to a 2-thread worker, wait until they ran, stop the worker.
+
+    With ``caplog``, the stop's asyncbridge log records (INFO and up) are captured.
+    """
     worker = dramatiq.Worker(broker, worker_threads=2)
     worker.start()
     try:
-        for i in range(4):
+        for i in range(n):
             actor.send(f"m{i}")
         broker.join(actor.queue_name, timeout=10_000)
         worker.join()
     finally:
-        worker.stop()  # after_worker_shutdown: not a booted process, so drain() only
+        if caplog is None:
+            worker.stop()
+        else:
+            with caplog.at_level(logging.INFO, logger="asyncbridge"):
+                worker.stop()
+
+
+def test_embedded_worker_stop_waits_for_the_bridge_and_leaves_it_running(
+    broker: StubBroker, asyncbridge_bridge: RecordingBridge
+) -> None:
+    actor = _actor(broker)
+    _work(broker, actor, 4)  # after_worker_shutdown: not a booted process, so drain() only
     assert sorted(DONE) == ["m0", "m1", "m2", "m3"]
     stats = asyncbridge_bridge.stats()
     assert (stats.accepted, stats.completed, stats.loop_running) == (4, 4, True)
@@ -70,16 +87,7 @@ def test_booted_worker_process_shuts_the_bridge_down_after_the_worker(
     actor = _actor(broker)
     broker.emit_after("process_boot")  # what the dramatiq command does in each worker process
     assert asyncbridge_bridge.owns_loop()
-    worker = dramatiq.Worker(broker, worker_threads=2)
-    worker.start()
-    try:
-        for i in range(3):
-            actor.send(f"m{i}")
-        broker.join(actor.queue_name, timeout=10_000)
-        worker.join()
-    finally:
-        with caplog.at_level(logging.INFO, logger="asyncbridge"):
-            worker.stop()
+    _work(broker, actor, 3, caplog)
     assert sorted(DONE) == ["m0", "m1", "m2"]
     stats = asyncbridge_bridge.stats()
     assert (stats.accepted, stats.completed, stats.loop_running) == (3, 3, False)
