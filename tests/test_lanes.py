@@ -319,7 +319,18 @@ def test_lanes_follow_the_process_across_fork() -> None:
         assert lane.stats().completed == 5
 
 
-def test_a_lane_at_its_limit_queues_no_wake_ups_and_strands_nothing(bridge: Bridge) -> None:
+def test_a_lane_at_its_limit_queues_no_wake_ups_and_strands_nothing(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asyncbridge import _scheduler
+
+    pulls: list[object] = []
+    real_pull = _scheduler.pull
+
+    def counting_pull(lane: object) -> None:
+        pulls.append(lane)
+        real_pull(lane)  # type: ignore[arg-type]
+
     release = threading.Event()
     lane = bridge.lane("full", max_concurrency=1)
     box: list[str] = []
@@ -328,10 +339,12 @@ def test_a_lane_at_its_limit_queues_no_wake_ups_and_strands_nothing(bridge: Brid
     deadline = time.monotonic() + 5
     while st.busy < 1 and time.monotonic() < deadline:
         time.sleep(0.005)
+    monkeypatch.setattr(_scheduler, "pull", counting_pull)
     for i in range(200):
         assert lane.run_soon(quick(box, str(i)))
+    time.sleep(0.05)
     # The lane is full: the loop starts these when the slot frees, so none queued a wake-up.
-    assert st.scheduled is False and st.backoffs == 0
+    assert pulls == [] and st.backoffs == 0
     assert lane.stats().pending == 200
     release.set()
     assert bridge.drain(10)
