@@ -51,8 +51,9 @@ APACHE_KILL_AFTER = 3.0
 ``shutdown-timeout`` says. mod_wsgi reports that stop as ``shutdown_reason="shutdown_signal"``."""
 
 EXIT_MARGIN = SHUTDOWN_MARGIN + 0.5
-"""Seconds kept free after the drain deadline: shutdown may run ``SHUTDOWN_MARGIN`` past its
-deadline, then mod_wsgi joins its request threads and destroys the interpreter."""
+"""How many seconds are kept free after the drain deadline, because shutdown may run
+``SHUTDOWN_MARGIN`` past its deadline and mod_wsgi then joins its request threads and destroys
+the interpreter."""
 
 _REQUESTS_SHARE = 0.5
 # The share of the deadline spent waiting for requests still running when the stop began:

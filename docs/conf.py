@@ -43,6 +43,9 @@ nitpick_ignore_regex = [
     # The host libraries the adapters derive from or take (no intersphinx here either).
     ("py:(class|exc|func|meth|mod|data|obj)", r"(rq|dramatiq|django_tasks|django|celery)\b.*"),
     ("py:(class|exc|func|meth|mod|data|obj)", r"(prometheus_client|redis|mod_wsgi|waitress)\b.*"),
+    # Their names as rq's and Django's own signatures spell them, unqualified.
+    ("py:(class|exc)", r"(Job|Queue|Redis|Serializer|Execution|struct_rusage|Seconds)"),
+    ("py:(class|exc)", r"ImproperlyConfigured"),
     ("py:(class|exc|func|meth|mod|data|obj)", r"(aiohttp|asyncio|json|pytest|gunicorn|uwsgi)\b.*"),
     ("py:(exc|class)", r"(TimeoutError|RuntimeError|TypeError|ValueError|BaseException)"),
     ("py:class", r"(T|Any|Coroutine|Mapping|Callable|Literal|Future|Self)"),
