@@ -9,7 +9,7 @@ cancels that finalizer and shows what is lost without it.
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
 import os
 import re
 import signal
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .apps.host_load import Load, reports, summary, wait_reports
+from .apps.host_load import Load, not_installed, reports, skip_unless_ready, summary, wait_reports
 from .procs import ROOT, Server, free_port, wait_http
 from .sink import Sink, wait_until
 
@@ -33,10 +33,7 @@ RESPAWN_INTERVAL = "1"  # seconds between a new worker's start and the old one's
 
 @pytest.fixture(scope="module")
 def granian() -> None:
-    if importlib.util.find_spec("granian") is None or not (BIN / "granian").exists():
-        reason = "granian is not installed (the `hosts` dependency group in pyproject.toml)"
-        print(f"SKIP test_granian: {reason}")
-        pytest.skip(reason)
+    skip_unless_ready("test_granian", not_installed("granian", BIN / "granian"))
 
 
 @pytest.fixture
@@ -45,7 +42,12 @@ def sink() -> Iterator[Sink]:
         yield s
 
 
-def _start(tmp_path: Path, sink: Sink, out: Path, port: int, **env: str) -> Server:
+@contextlib.contextmanager
+def _granian(tmp_path: Path, sink: Sink, **env: str) -> Iterator[tuple[Server, Load, Path]]:
+    """Granian on a free port, answering; the server, a load on it, and the reports' directory."""
+    port, out = free_port(), tmp_path / "out"
+    out.mkdir()
+    load = Load(f"http://127.0.0.1:{port}", hold=0.02)
     shim = tmp_path / "shim"
     shim.mkdir()
     (shim / "app.py").write_text("from tests.e2e.apps.hosts_app import application  # noqa: F401\n")
@@ -58,7 +60,12 @@ def _start(tmp_path: Path, sink: Sink, out: Path, port: int, **env: str) -> Serv
         **env,
     }
     argv = ["sh", str(RUN), "--respawn-interval", RESPAWN_INTERVAL]
-    return Server(argv, log=tmp_path / "granian.log", env=full_env)
+    server = Server(argv, log=tmp_path / "granian.log", env=full_env)
+    try:
+        wait_http(f"{load.base}/stats", 60, server.proc)
+        yield server, load, out
+    finally:
+        server.stop()
 
 
 def _worker_pids(log: str) -> list[int]:
@@ -68,12 +75,7 @@ def _worker_pids(log: str) -> list[int]:
 def test_reload_and_stop_with_work_in_flight_lose_nothing(
     granian: None, sink: Sink, tmp_path: Path
 ) -> None:
-    port, out = free_port(), tmp_path / "out"
-    out.mkdir()
-    load = Load(f"http://127.0.0.1:{port}", hold=0.02)
-    server = _start(tmp_path, sink, out, port)
-    try:
-        wait_http(f"{load.base}/stats", 60, server.proc)
+    with _granian(tmp_path, sink) as (server, load, out):
         load.fire(100)
         first = set(load.pids)
         server.signal(signal.SIGHUP)  # graceful respawn, one worker after the other
@@ -91,8 +93,6 @@ def test_reload_and_stop_with_work_in_flight_lose_nothing(
         wall = time.monotonic() - stopped
         workers = wait_reports(out, load.pids, 10)
         log = server.output()
-    finally:
-        server.stop()
 
     figures = load.check(sink, workers)
     assert figures["requests"] == 320
@@ -115,12 +115,7 @@ def test_reload_and_stop_with_work_in_flight_lose_nothing(
 def test_control_without_the_multiprocessing_drain_sigterm_loses_what_is_in_flight(
     granian: None, sink: Sink, tmp_path: Path
 ) -> None:
-    port, out = free_port(), tmp_path / "out"
-    out.mkdir()
-    load = Load(f"http://127.0.0.1:{port}", hold=0.02)
-    server = _start(tmp_path, sink, out, port, HOSTS_APP_NO_MULTIPROCESSING_DRAIN="1")
-    try:
-        wait_http(f"{load.base}/stats", 60, server.proc)
+    with _granian(tmp_path, sink, HOSTS_APP_NO_MULTIPROCESSING_DRAIN="1") as (server, load, out):
         load.fire(100)
         assert wait_until(lambda: sink.received == 100, 10)  # delivered while running
         sink.delay = 3.0
@@ -131,8 +126,6 @@ def test_control_without_the_multiprocessing_drain_sigterm_loses_what_is_in_flig
         log = server.output()
         # The sink holds each post for 3 s; it then finds the sender gone and does not count it.
         assert wait_until(lambda: sink.received + sum(sink.abandoned.values()) == sink.requests, 10)
-    finally:
-        server.stop()
 
     # Both workers ran without the drain.
     assert {int(p) for p in re.findall(r"app\[(\d+)\] control: cancelled", log)} == load.pids

@@ -24,7 +24,7 @@ import pytest
 
 from asyncbridge.mod_wsgi import APACHE_KILL_AFTER, EXIT_MARGIN
 
-from .apps.host_load import Load, reports, summary, wait_reports
+from .apps.host_load import Load, reports, skip_unless_ready, summary, wait_reports
 from .procs import ROOT, Server, free_port, http_get, running
 from .sink import Sink, wait_until
 
@@ -80,10 +80,7 @@ def _readable_by_others(path: Path) -> bool:
 
 @pytest.fixture(scope="module")
 def module_config() -> str:
-    reason = _skip_reason()
-    if reason:
-        print(f"SKIP test_mod_wsgi: {reason}")
-        pytest.skip(reason)
+    skip_unless_ready("test_mod_wsgi", _skip_reason())
     done = subprocess.run(
         [str(VENV / "bin" / "mod_wsgi-express"), "module-config"],
         capture_output=True,

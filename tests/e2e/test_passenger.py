@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from .apps.host_load import Load, reports, summary, wait_reports
+from .apps.host_load import Load, reports, skip_unless_ready, summary, wait_reports
 from .procs import ROOT, free_port, running, wait_http
 from .sink import Sink, wait_until
 
@@ -54,10 +54,7 @@ def _skip_reason() -> str | None:
 
 @pytest.fixture(scope="module")
 def passenger() -> str:
-    reason = _skip_reason()
-    if reason:
-        print(f"SKIP test_passenger: {reason}")
-        pytest.skip(reason)
+    skip_unless_ready("test_passenger", _skip_reason())
     assert PASSENGER is not None
     return PASSENGER
 

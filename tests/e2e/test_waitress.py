@@ -10,7 +10,6 @@ while the sink takes 2 s per notification, and 4 requests that are still running
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import json
 import signal
 import sys
@@ -23,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from .apps.host_load import Load, reports, summary
+from .apps.host_load import Load, not_installed, reports, skip_unless_ready, summary
 from .procs import ROOT, Server, free_port, http_get, wait_http
 from .sink import Sink, wait_until
 
@@ -41,10 +40,7 @@ LATE = 4  # requests running at the stop; the pool has 8 threads, so /holding st
 
 @pytest.fixture(scope="module")
 def waitress() -> None:
-    if importlib.util.find_spec("waitress") is None:
-        reason = "waitress is not installed (the `hosts` dependency group in pyproject.toml)"
-        print(f"SKIP test_waitress: {reason}")
-        pytest.skip(reason)
+    skip_unless_ready("test_waitress", not_installed("waitress"))
 
 
 @pytest.fixture
@@ -63,6 +59,11 @@ class Run:
 
     def count(self, outcome: str) -> int:
         return self.late.count(outcome)
+
+    def timings(self) -> dict[str, float]:
+        """The one process's drain time and the stop's wall time, for the summary line."""
+        (report,) = self.workers.values()
+        return {"drain_s": round(report["elapsed"], 2), "stop_wall_s": round(self.wall, 1)}
 
 
 def _late(base: str) -> str:
@@ -137,8 +138,7 @@ def test_stop_lets_running_requests_finish_then_drains_everything(
         {"requests": 320 + LATE, "accepted": report["accepted"], "received": sink.received},
         lost=report["accepted"] - sink.received,
         running_at_stop=LATE,
-        drain_s=round(report["elapsed"], 2),
-        stop_wall_s=round(run.wall, 1),
+        **run.timings(),
     )
 
 
@@ -160,8 +160,7 @@ def test_install_signal_handlers_drains_accepted_work_but_refuses_running_reques
         "waitress SIGTERM install_signal_handlers",
         figures,
         refused=LATE,
-        drain_s=round(report["elapsed"], 2),
-        stop_wall_s=round(run.wall, 1),
+        **run.timings(),
     )
 
 

@@ -11,6 +11,7 @@ answer went out), with no duplicates.
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import json
 import time
 from collections.abc import Iterable
@@ -19,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ..procs import http_get
 from ..sink import Sink, wait_until
 
-__all__ = ["Load", "reports", "summary", "wait_reports"]
+__all__ = ["Load", "not_installed", "reports", "skip_unless_ready", "summary", "wait_reports"]
 
 _RETRYABLE = (ConnectionResetError, ConnectionRefusedError, http.client.RemoteDisconnected)
 
@@ -136,6 +139,30 @@ class Load:
             "retries": self.retries,
             "unavailable": self.unavailable,
         }
+
+
+def not_installed(package: str, *paths: Path) -> str | None:
+    """Why a host from the package index cannot run here, or ``None`` where it can.
+
+    Args:
+        package: The importable name (``granian``, ``waitress``).
+        paths: Files the host needs as well (its command in this virtualenv).
+    """
+    if importlib.util.find_spec(package) is None or not all(p.exists() for p in paths):
+        return f"{package} is not installed (the `hosts` dependency group in pyproject.toml)"
+    return None
+
+
+def skip_unless_ready(test: str, reason: str | None) -> None:
+    """Skip a host's tests where ``reason`` says what is missing, printing it as ``SKIP test: ...``.
+
+    Args:
+        test: The test module's name, for the printed line.
+        reason: Why the host cannot run here, or ``None`` where it can.
+    """
+    if reason:
+        print(f"SKIP {test}: {reason}")
+        pytest.skip(reason)
 
 
 def reports(out: Path) -> dict[int, dict[str, Any]]:
