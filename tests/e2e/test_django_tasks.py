@@ -16,13 +16,12 @@ import contextlib
 import json
 import re
 import signal
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from .orders import post_order
 from .procs import PYTHON, ROOT, Server, free_port, http_get, running, wait_http
 from .sink import Sink, wait_until
 
@@ -41,19 +40,6 @@ REPORT = re.compile(
 def sink() -> Iterator[Sink]:
     with Sink(delay=SINK_DELAY) as s:
         yield s
-
-
-def _post_order(base: str, order_id: str) -> dict[str, Any]:
-    request = urllib.request.Request(
-        base + "/orders/",
-        data=json.dumps({"id": order_id}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 202
-        answer: dict[str, Any] = json.loads(response.read())
-        return answer
 
 
 def _expected(prefix: str, n: int) -> dict[str, int]:
@@ -89,7 +75,7 @@ def test_every_task_runs_once_through_gunicorn_sigterm(sink: Sink, tmp_path: Pat
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/tasks/none/", 30, server.proc)
         for i in range(n):
-            answer = _post_order(base, f"o{i}")
+            answer = post_order(base, f"o{i}")
             statuses = {name: status for name, (_, status) in answer["tasks"].items()}
             assert set(statuses) == {"notify", "audit"}
             assert all(s in ("READY", "RUNNING") for s in statuses.values()), answer
@@ -119,7 +105,7 @@ def test_control_a_naive_in_process_backend_loses_them(sink: Sink, tmp_path: Pat
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/orders/", 30, server.proc)
         for i in range(n):
-            _post_order(base, f"c{i}")
+            post_order(base, f"c{i}")
         server.signal(signal.SIGTERM)
         assert server.wait(30) == 0, server.output()[-4000:]
     assert wait_until(lambda: _settled(sink), SINK_DELAY + 5)
@@ -138,12 +124,12 @@ def test_runserver_runs_tasks_and_drains_them_at_ctrl_c(sink: Sink, tmp_path: Pa
     with running(argv, log=tmp_path / "runserver.log", env=env, cwd=EXAMPLE) as server:
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/tasks/none/", 30, server.proc)
-        first = _post_order(base, "r0")
+        first = post_order(base, "r0")
         # One process: its store knows the result, READY or RUNNING until the sink answers.
         result_id = first["tasks"]["notify"][0]
         assert wait_until(lambda: _task_status(base, result_id) == "SUCCESSFUL", SINK_DELAY + 10)
         for i in range(1, n):
-            _post_order(base, f"r{i}")
+            post_order(base, f"r{i}")
         assert sink.received < 2 * n
         server.signal(signal.SIGINT)  # Ctrl-C: runserver exits, the atexit fallback drains
         assert server.wait(30) == 0, server.output()[-4000:]

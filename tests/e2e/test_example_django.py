@@ -14,12 +14,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from .orders import post_order
 from .procs import PYTHON, ROOT, free_port, http_get, running, wait_http
 from .sink import Sink
 
@@ -81,19 +81,6 @@ def test_django_view_notification_reaches_the_sink(sink: Sink) -> None:
     assert dict(sink.ids) == {f"o{i}": 1 for i in range(n)}
 
 
-def _post_order(base: str, order_id: str) -> dict[str, object]:
-    request = urllib.request.Request(
-        base + "/orders/",
-        data=json.dumps({"id": order_id}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 202
-        answer: dict[str, object] = json.loads(response.read())
-        return answer
-
-
 def test_django_under_gunicorn_drains_notifications_at_sigterm(sink: Sink, tmp_path: Path) -> None:
     n = 20
     sink.delay = 0.5  # still in flight when the workers are told to stop
@@ -116,7 +103,7 @@ def test_django_under_gunicorn_drains_notifications_at_sigterm(sink: Sink, tmp_p
         wait_http(base + "/orders/", 30, server.proc)
         assert http_get(base + "/orders/")[0] == 405
         for i in range(n):
-            assert _post_order(base, f"g{i}") == {"id": f"g{i}", "notification_queued": True}
+            assert post_order(base, f"g{i}") == {"id": f"g{i}", "notification_queued": True}
         assert sink.received < n  # the requests did not wait for the notifications
         server.signal(signal.SIGTERM)
         assert server.wait(40) == 0, server.output()[-4000:]
