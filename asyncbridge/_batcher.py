@@ -93,15 +93,23 @@ class BatchQueue(Generic[T]):
             self.armed = self.due = True
             return True
         if not self.armed:
-            loop = self.lane.runtime.loop
-            assert loop is not None
-            self.armed = True
-            self.timer = loop.call_later(self.max_delay, self._ripe)
+            self._arm()
         return False
+
+    def _arm(self) -> None:
+        loop = self.lane.runtime.loop
+        assert loop is not None
+        self.armed = True
+        self.timer = loop.call_later(self.max_delay, self._ripe)
 
     def _ripe(self) -> None:
         self.timer = None
-        self.due = True
+        # `armed` goes down before the look, as in start(): a caller that appends after the look
+        # sees it down and queues a wake-up.
+        self.armed = False
+        if not self.items:
+            return  # the watch kept after a flush (see start) found nothing new
+        self.armed = self.due = True
         _scheduler.start_waiting(self.lane)
 
     def hurry(self) -> None:
@@ -126,6 +134,11 @@ class BatchQueue(Generic[T]):
             started += 1
             if self.items:
                 self._decide()  # a full batch more is due now (this loop takes it), or later
+            elif self.max_delay:
+                # Keep watching for max_delay: under a steady stream the next items are then
+                # found by this timer (or the size kick), and the first of them need not wake
+                # the loop: one wake-up per batch instead of two.
+                self._arm()
         return started
 
     def _flushing(self, batch: list[T]) -> Coroutine[Any, Any, None]:

@@ -143,6 +143,7 @@ def one_run(mode: str, seconds: float, wrk: str | None) -> Run:
                 time.sleep(1.0)
                 workers = _children(server.pid)
                 cpu_before = sum(_cpu_seconds(w) for w in workers)
+                main_before = sum(_cpu_seconds(w, w) for w in workers)
                 if wrk:
                     rps, p50, p99, errors = wrk_closed(wrk, url, seconds, 8)
                 else:
@@ -150,6 +151,7 @@ def one_run(mode: str, seconds: float, wrk: str | None) -> Run:
                 if _children(server.pid) != workers:
                     raise RuntimeError(f"{mode}: a worker was replaced during the load")
                 cpu = sum(_cpu_seconds(w) for w in workers) - cpu_before
+                main_cpu = sum(_cpu_seconds(w, w) for w in workers) - main_before
                 served = round(rps * seconds)
                 server.signal(signal.SIGTERM)
                 server.wait(60)
@@ -174,7 +176,8 @@ def one_run(mode: str, seconds: float, wrk: str | None) -> Run:
     run = Run(mode, rps, p50, p99, errors, accepted, received, served, cpu / max(served, 1) * 1e6)
     print(
         f"  {mode}: {rps:.0f} req/s, p99 {p99:.1f} ms, {received}/{accepted} received, "
-        f"{run.cpu_us_per_req:.0f} us CPU per request"
+        f"{run.cpu_us_per_req:.0f} us CPU per request "
+        f"({main_cpu / max(served, 1) * 1e6:.0f} in the request thread)"
         + (f", {accepted / flushes:.1f} events per POST" if flushes else ""),
         flush=True,
     )
