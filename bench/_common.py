@@ -70,10 +70,10 @@ def counting_back_offs() -> Iterator[list[int]]:
     count = [0]
     original = _admission.back_off
 
-    def counted(rt: Any) -> None:
-        if not rt.in_loop_thread():  # where the core sleeps
+    def counted(lane: Any) -> None:
+        if not lane.runtime.in_loop_thread():  # where the core sleeps
             count[0] += 1
-        original(rt)
+        original(lane)
 
     _admission.back_off = counted
     try:

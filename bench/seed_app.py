@@ -60,10 +60,10 @@ if MODE == "asyncbridge":
 
     _core_back_off = _core.back_off
 
-    def _counting_back_off(rt: Any) -> None:
+    def _counting_back_off(lane: Any) -> None:
         global _back_offs
         _back_offs += 1
-        _core_back_off(rt)
+        _core_back_off(lane)
 
     _core.back_off = _counting_back_off
 
