@@ -51,10 +51,15 @@ BUDGET = float(os.environ.get("LANES_BUDGET", "5"))
 TRY_TIMEOUT = aiohttp.ClientTimeout(total=float(os.environ.get("LANES_TRY_TIMEOUT", "0.5")))
 
 if MODE in ("lanes", "healthy"):
-    # Sized per destination: the healthy one needs rate x 0.1 s in flight (20 at 200 req/s per
-    # worker); the broken one gets few slots, so that it cannot take more than its share.
+    # Sized per destination: each needs rate x 0.1 s in flight when it answers in 100 ms (7.5 at
+    # 75 req/s per worker); the healthy one gets plenty, the broken one 2x its healthy need
+    # (LANES_BROKEN_CONCURRENCY), so that a hang holds few slots and few hung connections.
     HEALTHY = asyncbridge.lane("healthy", max_concurrency=100)
-    BROKEN = asyncbridge.lane("broken", max_concurrency=16, max_pending=2000)
+    BROKEN = asyncbridge.lane(
+        "broken",
+        max_concurrency=int(os.environ.get("LANES_BROKEN_CONCURRENCY", "16")),
+        max_pending=2000,
+    )
 else:
     HEALTHY = BROKEN = asyncbridge.lane("default")
 
