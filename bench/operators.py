@@ -27,6 +27,7 @@ Tables:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import os
 import statistics
@@ -36,12 +37,14 @@ import tempfile
 import textwrap
 import threading
 import time
+import timeit
 from collections.abc import Callable
 from pathlib import Path
 
 from _common import ROOT, machine, print_table, target_line, wait_for
 
 import asyncbridge
+from asyncbridge import _publish
 
 CONFIGS: dict[str, dict[str, object]] = {
     "off": {"stall_warning": None},
@@ -147,6 +150,56 @@ def one_write(n: int) -> tuple[float, float, float]:
     return a, b, c
 
 
+def _writes(directory: str) -> int:
+    """How many times the processes of ``directory`` wrote their status file (the ``seq``)."""
+    total = 0
+    for path in Path(directory).glob("*.asyncbridge"):
+        with open(path, "rb") as f:
+            f.seek(_publish._SEQ_OFFSET)
+            total += _publish._SEQ.unpack(f.read(_publish._SEQ.size))[0]
+    return total
+
+
+def flush_cost(n: int) -> float:
+    """Seconds per loop-side flush: the call_soon that queues it and the write itself."""
+    bridge = asyncbridge.Bridge(status_dir=tempfile.mkdtemp(), stall_warning=None)
+    bridge.start()
+    rt = bridge._rt
+    pub = rt.publisher
+    assert pub is not None
+    loop = asyncio.new_event_loop()  # not running: call_soon only makes and queues the handle
+
+    def one() -> None:
+        loop.call_soon(pub.flush)
+        pub.flush()
+
+    try:
+        best = min(timeit.repeat(one, number=n, repeat=5)) / n
+    finally:
+        loop.close()
+        bridge.shutdown(5, log=False)
+    return best
+
+
+def timing_cost(n: int) -> float:
+    """Seconds per job of keeping its wait and run time (what the loop adds per job)."""
+    timing = _publish.Timing()
+    monotonic = time.monotonic
+    counter = iter(range(10**9))
+
+    def one() -> None:
+        k = next(counter)
+        timing.pulled(k + 1, monotonic())
+        began = monotonic()
+        timing.took(k, 1, began, began)
+        timing.duration.add(monotonic() - began)
+
+    return min(timeit.repeat(one, number=n, repeat=5)) / n
+
+
+WRITES: list[tuple[int, int]] = []  # (status file writes, accepted jobs) of publishing runs
+
+
 def seed(config: str, seconds: float, tmp: str) -> tuple[float, int, int, float]:
     """(req/s, accepted, received, workers' CPU us per request) of one saturated seed-scenario
     run under ``config``."""
@@ -160,11 +213,14 @@ def seed(config: str, seconds: float, tmp: str) -> tuple[float, int, int, float]
             os.environ["ASYNCBRIDGE_STALL_WARNING"] = "none"
         else:
             os.environ.pop("ASYNCBRIDGE_STALL_WARNING", None)
+        directory = tempfile.mkdtemp(dir=tmp)
         if config == "watchdog + publishing":
-            os.environ["ASYNCBRIDGE_STATUS_DIR"] = tempfile.mkdtemp(dir=tmp)
+            os.environ["ASYNCBRIDGE_STATUS_DIR"] = directory
         run = seed_scenario.one_run(
             "asyncbridge", "saturation", seconds, seed_scenario.ensure_wrk(), 300.0
         )
+        if config == "watchdog + publishing":
+            WRITES.append((_writes(directory), run.accepted))
     finally:
         for k, v in saved.items():
             if v is None:
@@ -280,6 +336,25 @@ def main(argv: list[str] | None = None) -> int:
                 0.98,
                 "medians",
             )
+        flush = flush_cost(20_000)
+        per_job_timing = timing_cost(100_000)
+        writes = sum(w for w, _ in WRITES)
+        jobs = sum(a for _, a in WRITES) or 1
+        cpu_pub = statistics.median(r[3] for r in seeds["watchdog + publishing"])
+        extra = writes / jobs * flush * 1e6 + per_job_timing * 1e6
+        print(
+            f"(publishing in the seed scenario: {writes:,} status writes for {jobs:,} jobs, "
+            f"{writes / jobs:.2f} per job; one flush costs {flush * 1e6:.1f} us here and timing "
+            f"a job {per_job_timing * 1e6:.2f} us, so {extra:.1f} us per request of the "
+            f"workers' {cpu_pub:.0f} us: {100 * extra / cpu_pub:.2f}%)"
+        )
+        target_line(
+            "seed scenario: publishing's counted cost, % of the workers' CPU per request",
+            100 * extra / cpu_pub,
+            "<=",
+            2.0,
+            "writes per job x cost per write, plus timing",
+        )
         off_cpu = statistics.median(r[3] for r in seeds["off"])
         for config in ("watchdog", "watchdog + publishing"):
             target_line(
