@@ -286,8 +286,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         seeds: dict[str, list[tuple[float, int, int, float]]] = {c: [] for c in CONFIGS}
         if not args.no_seed:
-            for _ in range(args.seed_runs):
-                for config in CONFIGS:
+            names = list(CONFIGS)
+            for i in range(args.seed_runs):
+                # A different order each round: a machine whose load drifts within a round
+                # must not favour whichever config runs first.
+                for config in names[i % len(names) :] + names[: i % len(names)]:
                     seeds[config].append(seed(config, args.seconds, tmp))
             rows = []
             for config, seed_runs in seeds.items():
