@@ -200,7 +200,6 @@ class Runtime(LaneState):
         "thread",
         "timing",
         "version",
-        "warned_at",
         "watch",
     )
 
@@ -245,7 +244,6 @@ class Runtime(LaneState):
         # The first failure or refusal of each kind in full, then one summary per interval.
         self.summaries = Summaries(self._log_interval)
         self.summaries.schedule = self._summarise_later
-        self.warned_at: dict[str, float] = {}
         self.report: ShutdownReport | None = None
         # Operators' view (see _publish and _watchdog): the status file the loop rewrites at
         # most once per turn, the jobs' wait and run times, the stall watchdog's heartbeat.
