@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
+from ._inputs import shown as _brief
+
 __all__ = ["ENV_PREFIX", "OnFull", "Options", "options_from_env"]
 
 ENV_PREFIX = "ASYNCBRIDGE_"
@@ -62,9 +64,9 @@ def _positive_int(name: str, value: object, *, allow_none: bool = False) -> int 
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {_brief(value)}")
     if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
+        raise ValueError(f"{name} must be at least 1, got {_brief(value)}")
     return value
 
 
@@ -74,17 +76,21 @@ def _seconds(
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__} {value!r}")
-    seconds = float(value)
+        raise TypeError(
+            f"{name} must be a number of seconds, got {type(value).__name__} {_brief(value)}"
+        )
+    seconds = float(value) + 0.0  # + 0.0 turns -0.0 into 0.0
     if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
         bound = "at least 0" if allow_zero else "greater than 0"
-        raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
+        raise ValueError(f"{name} must be a finite number of seconds {bound}, got {_brief(value)}")
     return seconds
 
 
 def _callable(name: str, value: object) -> object:
     if value is not None and not callable(value):
-        raise TypeError(f"{name} must be callable or None, got {type(value).__name__} {value!r}")
+        raise TypeError(
+            f"{name} must be callable or None, got {type(value).__name__} {_brief(value)}"
+        )
     return value
 
 
@@ -98,7 +104,7 @@ def _validate(name: str, value: object) -> object:
     if name == "on_full":
         if value not in _ON_FULL:
             raise ValueError(
-                f"on_full must be one of {', '.join(map(repr, _ON_FULL))}, got {value!r}"
+                f"on_full must be one of {', '.join(map(repr, _ON_FULL))}, got {_brief(value)}"
             )
         return value
     if name == "block_timeout":
@@ -120,10 +126,12 @@ def _directory(name: str, value: object) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str | os.PathLike):
-        raise TypeError(f"{name} must be a path or None, got {type(value).__name__} {value!r}")
+        raise TypeError(
+            f"{name} must be a path or None, got {type(value).__name__} {_brief(value)}"
+        )
     path = os.fspath(value)
     if not isinstance(path, str) or not path:
-        raise ValueError(f"{name} must be a non-empty path, got {value!r}")
+        raise ValueError(f"{name} must be a non-empty path, got {_brief(value)}")
     return path
 
 
@@ -152,12 +160,12 @@ def _parse_env_value(name: str, raw: str) -> object:
         try:
             return int(text)
         except ValueError:
-            raise ValueError(f"{env} must be a whole number, got {raw!r}") from None
+            raise ValueError(f"{env} must be a whole number, got {_brief(raw)}") from None
     if name in ("block_timeout", "drain_timeout", "task_timeout", "stall_warning"):
         try:
             return float(text)
         except ValueError:
-            raise ValueError(f"{env} must be a number of seconds, got {raw!r}") from None
+            raise ValueError(f"{env} must be a number of seconds, got {_brief(raw)}") from None
     if name == "log_interval":
         try:
             return float(text)
@@ -192,5 +200,5 @@ def options_from_env(environ: Mapping[str, str] | None = None) -> dict[str, obje
         try:
             found[name] = _validate(name, value)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{key}={raw!r}: {exc}") from None
+            raise ValueError(f"{key}={_brief(raw)}: {exc}") from None
     return found
