@@ -148,8 +148,9 @@ def test_loop_cost_prints_both_tables_and_three_target_checks() -> None:
     assert set(end_to_end) == {"asyncbridge run_soon", "call_soon_threadsafe(create_task)"}
     blocked = table_rows(out, "A burst against a loop blocked by its own work (back-off as it is)")
     assert set(blocked) == {
-        "floor: create the coroutines, keep them alive",
-        "asyncbridge run_soon, loop blocked",
+        f"{row} (collector {state})"
+        for row in ("floor", "run_soon, loop blocked")
+        for state in ("on", "off")
     }
     assert len(verdicts(out)) == 3
 
