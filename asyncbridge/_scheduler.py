@@ -152,7 +152,11 @@ def start_waiting(lane: LaneState) -> None:
             close_quietly(coro)
             _count(lane, "cancelled")
             continue
-        task = create_task(_job(lane, coro, future, timeout), context=context)
+        # The job learns its own task from the slot, filled before it first runs: cheaper than
+        # asking asyncio.current_task(), a Python function on 3.11.
+        slot: list[asyncio.Task[Any]] = []
+        task = create_task(_job(lane, coro, future, timeout, slot), context=context)
+        slot.append(task)
         tasks[task] = coro
         if lane_of is not None:
             lane_of[task] = lane
@@ -171,6 +175,7 @@ async def _job(
     coro: Coroutine[Any, Any, Any],
     future: BridgeFuture[Any] | None,
     limit: float | None,
+    slot: list[asyncio.Task[Any]],
 ) -> None:
     """One accepted coroutine, run in its own task, counting its own outcome when it ends.
 
@@ -179,8 +184,7 @@ async def _job(
     SystemExit and KeyboardInterrupt too, which asyncio would otherwise let out of the loop.
     """
     rt = lane.runtime
-    task = _current_task()
-    assert task is not None
+    task = slot[0]
     handle = None
     timing = None if rt.timing is None else rt.timing.of(lane)
     began = 0.0 if timing is None else _monotonic()
