@@ -96,10 +96,11 @@ def test_a_time_sleep_coroutine_is_named_with_its_file_line_and_function(
     )
     assert 0.3 <= float(seconds) < 1.2  # logged while the stall went on, once past the threshold
     total = float(ends[0].group(2))
-    assert 0.9 <= total <= 1.3 + 0.5, total  # within a heartbeat (30 ms here) and scheduling
+    # Within a heartbeat (30 ms here) below; above, a loaded machine may delay the first beat.
+    assert 0.9 <= total <= 1.2 + 2.0, total
     assert ends[0].group(3) == "blocks_the_loop"
     assert stats.stalls == 1
-    assert 0.9 <= stats.longest_stall <= 1.8
+    assert 0.9 <= stats.longest_stall <= 1.2 + 2.0
     # Names and places only: the coroutine's arguments never reach the log.
     assert "hunter2" not in warnings_.text
 
@@ -141,7 +142,7 @@ def test_each_stall_is_one_episode_and_the_longest_is_kept(
     starts, ends = _stall_lines(warnings_)
     assert (len(starts), len(ends)) == (2, 2)
     totals = [float(m.group(2)) for m in ends]
-    assert 0.45 <= totals[0] <= 1.2 and 1.15 <= totals[1] <= 1.9, totals
+    assert 0.45 <= totals[0] <= 0.7 + 2.0 and 1.15 <= totals[1] <= 1.4 + 2.0, totals
     assert stats.stalls == 2
     assert stats.longest_stall == pytest.approx(max(totals), abs=0.06)
 
@@ -237,7 +238,7 @@ def test_a_forked_child_watches_its_own_loop_and_the_parent_keeps_its_own() -> N
         with os.fdopen(read_fd) as pipe:
             facts = json.loads(pipe.read())
         assert facts["pid"] == pid and facts["stalls"] == 1 and facts["clean"] is True
-        assert 0.5 <= facts["longest"] <= 1.5
+        assert 0.5 <= facts["longest"] <= 0.8 + 2.0
         assert bridge.stats().stalls == 0  # the parent's loop never stalled
         bridge.run_soon(blocks_the_loop(0.8))  # and its own watchdog still works
         assert bridge.drain(timeout=10)

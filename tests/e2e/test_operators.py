@@ -255,9 +255,9 @@ def test_the_watchdog_names_a_time_sleep_coroutine_and_is_silent_under_load(
     assert start is not None, out[-3000:]
     end = re.search(r"the loop of pid (\d+) turned again after a stall of ([\d.]+)s", out)
     assert end is not None and end.group(1) == start.group(1)
-    assert 1.4 <= float(end.group(2)) <= 3.0, end.group(2)
+    assert 1.4 <= float(end.group(2)) <= 2.0 + 2.0, end.group(2)
     assert [(r.pid, r.stalls) for r in stalled] == [(int(start.group(1)), 1)]
-    assert 1.4 <= stalled[0].longest_stall <= 3.0
+    assert 1.4 <= stalled[0].longest_stall <= 2.0 + 2.0
     assert out.count("has had no turn") == 1 and out.count("turned again after a stall") == 1
 
 
