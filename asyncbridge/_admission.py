@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -9,11 +10,13 @@ from typing import Any
 from ._errors import BacklogFull, BridgeClosed
 from ._inputs import coroutine_name
 from ._log import call_hook, close_quietly
-from ._runtime import LaneState
+from ._runtime import LaneState, Runtime
 
 __all__ = ["back_off", "drop", "is_starved", "make_room", "make_room_for_item", "refuse"]
 
 _monotonic = time.monotonic
+_clock_gettime = time.clock_gettime
+_thread_cpu_clock = getattr(time, "pthread_getcpuclockid", None)
 
 # Back-off for a starved loop (the hot path's half of it lives in Bridge.run_soon). Later callers
 # only append while a wake-up is pending, so none of them releases the GIL; with CPU-bound request
@@ -21,36 +24,79 @@ _monotonic = time.monotonic
 # every other thread (a publish delay of hundreds of ms at p99 with 8 such threads). A caller that
 # finds a backlog and the wake-up overdue sleeps briefly, which hands the GIL over.
 #
-# Sleeping helps a loop that waits for the GIL, not one that is busy with its own work (a
-# callback or coroutine that computes or blocks): that loop does not pull, however long callers
-# sleep. So each wake-up gets at most MAX_BACKOFFS back-offs, from all callers together; if the
-# loop has still not pulled after them, it had its chances and is blocked, and callers stop
-# paying for that wake-up (about 8 ms in all, where the old bound of GIVE_UP cost a burst of
-# 50,000 calls about 100 ms). A wake-up pending for longer than GIVE_UP is treated as blocked
-# too. bench/publish_delay.py and bench/handoff.py's "blocked" rows measure both sides.
+# Sleeping helps a loop that waits for the GIL (or computes), not one that waits on something
+# else inside a callback or coroutine (a lock, time.sleep, blocking I/O): that loop does not
+# pull, however long callers sleep. After MAX_BACKOFFS back-offs for one wake-up (all callers
+# together) without a pull, one caller looks at the loop thread (_waits_on_its_own); if it is
+# blocked that way, callers stop paying for that wake-up (about 8 ms in all, where the bound of
+# GIVE_UP alone cost a burst of 50,000 calls about 100 ms). A starved loop keeps its back-offs,
+# up to GIVE_UP, which is treated as blocked whatever the loop does. bench/publish_delay.py
+# and bench/loop_cost.py measure both sides.
 STARVED = 0.002
 GIVE_UP = 0.1
 BACKOFF = 0.0005
 MAX_BACKOFFS = 16
+_BLOCKED = 1 << 30  # the back-off count of a wake-up found blocked
 
 
 def is_starved(lane: LaneState) -> bool:
     """Read the clock: is the pending wake-up overdue, but not so late that the loop is blocked?"""
     lane.starved = starved = (
-        lane.backoffs < MAX_BACKOFFS and STARVED < _monotonic() - lane.scheduled_at < GIVE_UP
+        lane.backoffs < _BLOCKED and STARVED < _monotonic() - lane.scheduled_at < GIVE_UP
     )
     return starved
 
 
 def back_off(lane: LaneState) -> None:
     """Sleep briefly so that a starved loop thread gets the GIL; never on the loop itself."""
-    if lane.runtime.in_loop_thread():  # the loop is the one we wait for
+    rt = lane.runtime
+    if rt.in_loop_thread():  # the loop is the one we wait for
         return
     lane.backoffs += 1
-    if lane.backoffs > MAX_BACKOFFS:  # the loop had its chances: blocked, not starved
+    if lane.backoffs == MAX_BACKOFFS and _waits_on_its_own(rt):
+        # Blocked, not starved: no more back-offs for this wake-up (the pull resets the count).
+        lane.backoffs = _BLOCKED
+    if lane.backoffs >= _BLOCKED:
         lane.starved = False
         return
     time.sleep(BACKOFF)
+
+
+# Where a loop thread stands when it is idle or between callbacks: asyncio's own loop code, and
+# asyncbridge's (starting jobs, counting them).
+_LOOP_FILES = ("selectors.py", "base_events.py", "events.py", "asyncio/runners.py")
+_OWN_DIR = __file__.rpartition("/")[0] + "/"
+
+
+def _waits_on_its_own(rt: Runtime) -> bool:
+    """Is the loop thread blocked by its own work in a way that callers' sleeping cannot help?
+
+    Looked at once per wake-up, after MAX_BACKOFFS back-offs without a pull. A loop that waits
+    for the GIL stands in asyncio's own code (its select, or between callbacks); one that
+    computes in a coroutine gains from the GIL too, and its CPU clock moves. A loop inside a
+    callback or coroutine whose CPU clock stands still waits on something else (a lock, a sleep,
+    blocking I/O): no back-off can help it.
+    """
+    thread = rt.thread
+    ident = None if thread is None else thread.ident
+    if ident is None:
+        return False
+    frame = sys._current_frames().get(ident)
+    if frame is None:
+        return False
+    filename = frame.f_code.co_filename
+    if filename.endswith(_LOOP_FILES) or filename.startswith(_OWN_DIR):
+        return False
+    try:
+        if _thread_cpu_clock is None:
+            raise OSError("no per-thread CPU clock")
+        clock = _thread_cpu_clock(ident)
+        before = _clock_gettime(clock)
+    except OSError:  # no per-thread CPU clock here: trust the frame alone
+        time.sleep(BACKOFF)
+        return True
+    time.sleep(BACKOFF)  # this wake-up's last back-off, and the time the clock is watched
+    return _clock_gettime(clock) - before < BACKOFF / 10
 
 
 def make_room(lane: LaneState, coro: Coroutine[Any, Any, Any], *, raise_full: bool = False) -> bool:

@@ -708,10 +708,16 @@ def test_a_blocked_loop_costs_callers_at_most_max_backoffs_per_wake_up(
     # A loop busy with its own work never pulls, however long callers sleep: after
     # MAX_BACKOFFS back-offs for one wake-up (all callers together) nobody sleeps for it again,
     # even though the wake-up is overdue by less than GIVE_UP.
-    parked = threading.Event()
+    parked, entered = threading.Event(), threading.Event()
     calls = 5_000
+
+    def park() -> None:  # the loop's own work: it waits on a lock, which no back-off can help
+        entered.set()
+        parked.wait(5)
+
     with fresh_bridge(max_pending=calls + 10) as bridge:
-        bridge.get_loop().call_soon_threadsafe(parked.wait, 5)  # the loop cannot pull
+        bridge.get_loop().call_soon_threadsafe(park)  # the loop cannot pull
+        assert entered.wait(5)
         rt = bridge._rt
         try:
             bridge.run_soon(sleeper(0))  # queues the wake-up
@@ -751,3 +757,46 @@ def _thread_interrupt_main() -> None:
     import _thread
 
     _thread.interrupt_main()
+
+
+def test_the_look_after_max_backoffs_tells_a_starved_loop_from_a_blocked_one() -> None:
+    # Idle in its select (as a loop waiting for its turn at the GIL stands) or computing in a
+    # coroutine: back-offs help, so it is not blocked. Inside a callback that waits on a lock:
+    # blocked, and no back-off can help it.
+    with fresh_bridge() as bridge:
+        bridge.start()
+        rt = bridge._rt
+        assert rt.thread is not None and rt.thread.is_alive()
+        assert bridge.drain(5)
+        time.sleep(0.05)  # into its select
+        assert not _admission._waits_on_its_own(rt)
+        entered, release = threading.Event(), threading.Event()
+
+        def park() -> None:
+            entered.set()
+            release.wait(5)
+
+        bridge.get_loop().call_soon_threadsafe(park)
+        assert entered.wait(5)
+        time.sleep(0.05)  # from entered.set() into the wait
+        try:
+            assert _admission._waits_on_its_own(rt)
+        finally:
+            release.set()
+        assert bridge.drain(5)
+
+        async def compute() -> None:
+            entered.set()
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline and not release.is_set():
+                sum(range(1000))  # pure Python: it needs the GIL, and its CPU clock moves
+
+        entered.clear()
+        release.clear()
+        bridge.run_soon(compute())
+        assert entered.wait(5)
+        try:
+            assert not _admission._waits_on_its_own(rt)
+        finally:
+            release.set()
+        assert bridge.drain(5)
