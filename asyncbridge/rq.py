@@ -105,7 +105,35 @@ def _drain_worker(worker: Any) -> None:
         _drain(worker, _timeout(worker), "asyncbridge drain of worker")
 
 
-class Worker(rq.Worker):
+class _DrainsItsHorses(rq.Worker):
+    """What :class:`Worker` and :class:`SpawnWorker` share: a work horse drains before it exits."""
+
+    bridge: ClassVar[Bridge | None] = None
+    """The bridge to drain, or None for :func:`asyncbridge.default_bridge` at drain time."""
+
+    drain_timeout: ClassVar[float | None] = None
+    """The drain deadline in seconds, or None for the bridge's ``drain_timeout``."""
+
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        """Run the job, then, in a work horse, drain what it handed off (before ``os._exit``).
+
+        Returns:
+            What RQ's ``perform_job`` returned: True when the job succeeded.
+        """
+        try:
+            return super().perform_job(job, queue, execution)
+        finally:
+            _drain_horse(self, job)
+
+    def teardown(self) -> None:
+        """Drain the worker process's own loop, if it started one, then unregister."""
+        try:
+            _drain_worker(self)
+        finally:
+            super().teardown()  # type: ignore[no-untyped-call]
+
+
+class Worker(_DrainsItsHorses):
     """``rq.Worker`` whose work horse drains the bridge before its ``os._exit()``.
 
     Each job runs in a new horse, which starts its own loop on first use and drains it after
@@ -115,57 +143,9 @@ class Worker(rq.Worker):
     started (outside any job) is drained when the worker stops.
     """
 
-    bridge: ClassVar[Bridge | None] = None
-    """The bridge to drain, or None for :func:`asyncbridge.default_bridge` at drain time."""
 
-    drain_timeout: ClassVar[float | None] = None
-    """The drain deadline in seconds, or None for the bridge's ``drain_timeout``."""
-
-    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
-        """Run the job, then, in a work horse, drain what it handed off (before ``os._exit``).
-
-        Returns:
-            What RQ's ``perform_job`` returned: True when the job succeeded.
-        """
-        try:
-            return super().perform_job(job, queue, execution)
-        finally:
-            _drain_horse(self, job)
-
-    def teardown(self) -> None:
-        """Drain the worker process's own loop, if it started one, then unregister."""
-        try:
-            _drain_worker(self)
-        finally:
-            super().teardown()  # type: ignore[no-untyped-call]
-
-
-class SpawnWorker(rq.SpawnWorker):
+class SpawnWorker(_DrainsItsHorses, rq.SpawnWorker):
     """``rq.SpawnWorker`` (horses started by ``posix_spawn``) with :class:`Worker`'s drain."""
-
-    bridge: ClassVar[Bridge | None] = None
-    """The bridge to drain, or None for :func:`asyncbridge.default_bridge` at drain time."""
-
-    drain_timeout: ClassVar[float | None] = None
-    """The drain deadline in seconds, or None for the bridge's ``drain_timeout``."""
-
-    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
-        """Run the job, then, in a work horse, drain what it handed off (before ``os._exit``).
-
-        Returns:
-            What RQ's ``perform_job`` returned: True when the job succeeded.
-        """
-        try:
-            return super().perform_job(job, queue, execution)
-        finally:
-            _drain_horse(self, job)
-
-    def teardown(self) -> None:
-        """Drain the worker process's own loop, if it started one, then unregister."""
-        try:
-            _drain_worker(self)
-        finally:
-            super().teardown()  # type: ignore[no-untyped-call]
 
 
 class SimpleWorker(rq.SimpleWorker):

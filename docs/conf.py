@@ -51,6 +51,7 @@ nitpick_ignore_regex = [
     ("py:class", r"(T|Any|Coroutine|Mapping|Callable|Literal|Future|Self)"),
     # Private aliases in signatures; the configuration page documents what they accept.
     ("py:class", r"asyncbridge\._\w+\.\w+"),
+    ("py:class", r"asyncbridge\.\w+\._\w+"),  # a private base class in a public module
     ("py:class", r"(OnFull|ErrorHook|DropHook|LoopFactory)"),
     # Type variables of generic signatures.
     ("py:(class|obj)", r"(asyncbridge\.[\w.]+\.)?[TB]"),
