@@ -2302,7 +2302,9 @@ def test_run_soon_racing_shutdown_from_four_threads_counts_every_call(outcome: O
     assert not v["errors"], v
     assert c["accepted"] + c["dropped_full"] + c["dropped_closed"] == v["calls"], v
     assert c["accepted"] == v["accepted_calls"], v  # True exactly for what was accepted
-    assert c["pending"] == c["running"] == 0 and balanced(c), c
+    # Whatever shutdown could not settle in its margin (tens of thousands of jobs on a slow
+    # machine) is abandoned: counted and reported, never lost. Tasks may still settle after.
+    assert c["pending"] + c["running"] <= v["report"]["abandoned"] and balanced(c), (c, v["report"])
     assert c["dropped_closed"] > 0, c
 
 
