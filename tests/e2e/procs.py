@@ -109,7 +109,9 @@ class Server:
         self._log.close()
 
     def output(self) -> str:
-        self._log.flush()
+        """Everything the server has written so far; after ``stop()``, all it wrote."""
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
 
