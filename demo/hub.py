@@ -4,8 +4,10 @@ Endpoints:
 
 - ``POST /events``: a JSON event ``{"id": ..., "path": ..., "at": ...}`` signed with the shared
   secret (see :mod:`demo.signing`). Unsigned or badly signed events get 401; accepted ones are
-  counted and fanned out to every browser listening. ``at`` is the app's hand-off time: the hub
-  plots the arrival delay from it.
+  counted and fanned out to every browser listening, but only if their sender is still connected
+  when the answer goes out: the others (a worker killed, or its push cancelled at its drain
+  deadline, while the hub held it) are counted as ``abandoned``. ``at`` is the app's hand-off
+  time: the hub plots the arrival delay from it.
 - ``POST /metrics``: the app's request timings, signed the same way (see :mod:`demo.metrics`).
 - ``GET /stream``: Server-Sent Events. First a ``snapshot`` with the counts, the latest hits, the
   current rate, the mode and the graph so far; then a ``hit`` per accepted event, a ``tick`` per
@@ -116,6 +118,9 @@ class Hub:
         self._recent_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.duplicates = 0
         self.rejected = 0
+        # Validly signed events whose sender had gone by the time the answer was ready.
+        self.abandoned = 0
+        self.in_flight = 0  # signed events held for ``delay`` and not yet answered
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=_RECENT_HITS)
         self._accepted_at: collections.deque[float] = collections.deque()
         self._seconds: dict[int, _Second] = collections.defaultdict(_Second)
@@ -138,6 +143,8 @@ class Hub:
             "paths": dict(self.paths),
             "duplicates": self.duplicates,
             "rejected": self.rejected,
+            "abandoned": self.abandoned,
+            "in_flight": self.in_flight,
             "subscribers": len(self._subscribers),
             "rate": self.rate(),
             "mode": self.mode.read(),
@@ -177,7 +184,18 @@ class Hub:
         if isinstance(handed_off, int | float):
             self._seconds[int(received)].arrivals.append(max(0.0, received - handed_off) * 1000)
         if self.delay:  # a slow push service: work is still in flight when the app stops
-            await asyncio.sleep(self.delay)
+            self.in_flight += 1
+            try:
+                await asyncio.sleep(self.delay)
+            finally:
+                self.in_flight -= 1
+        # aiohttp runs a handler to its end after the client has gone, so an event from a worker
+        # that died (or gave up) while waiting would be counted as delivered. Count it only if
+        # its sender is still connected when the answer goes out.
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            self.abandoned += 1
+            return web.json_response({"error": "the sender has gone"}, status=499)
         if event_id in self._recent_ids:
             self.duplicates += 1
         self._recent_ids[event_id] = None
@@ -446,10 +464,11 @@ async def _serve(
             pass
     hub: Hub = app["hub"]
     logger.info(
-        "hub stopping: %d events accepted (%d duplicates), %d rejected",
+        "hub stopping: %d events accepted (%d duplicates), %d rejected, %d abandoned",
         hub.total,
         hub.duplicates,
         hub.rejected,
+        hub.abandoned,
     )
     await runner.cleanup()
 

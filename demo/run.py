@@ -380,8 +380,13 @@ class _Demo:
             self._join_output("gunicorn")
         counts = None
         if self.hub is not None and hub_url is not None and self.hub.poll() is None:
+            # A push the hub still holds (--hub-delay) is answered, or found abandoned, soon.
+            deadline = time.monotonic() + self.args.hub_delay + 5
             try:
                 counts = _get_json(f"{hub_url}/api/counts")
+                while counts["in_flight"] and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    counts = _get_json(f"{hub_url}/api/counts")
             except (OSError, ValueError) as exc:
                 logger.error("could not read the hub's counts: %s", exc)
         if self.hub is not None:
@@ -424,8 +429,13 @@ class _Demo:
             paths = ", ".join(f"{p}={n}" for p, n in sorted(counts["paths"].items()))
             lines.append(
                 f"hub: {counts['total']} hits received ({paths or 'none'}); "
-                f"{counts['rejected']} rejected, {counts['duplicates']} duplicates"
+                f"{counts['rejected']} rejected, {counts['duplicates']} duplicates, "
+                f"{counts['abandoned']} abandoned by their sender"
             )
+            if counts["abandoned"]:
+                lost = counts["abandoned"]
+                lines.append(f"NOT OK: {lost} hits reached the hub after their sender had gone")
+                problems.append(f"{lost} hits abandoned by their sender")
         r = self.traffic
         if r is not None:
             lines.append(

@@ -167,6 +167,8 @@ def test_hub_accepts_only_events_signed_with_the_shared_secret(tmp_path: Path) -
                 "paths": {},
                 "duplicates": 0,
                 "rejected": 0,
+                "abandoned": 0,
+                "in_flight": 0,
                 "subscribers": 1,
                 "rate": 0.0,
                 "mode": "asyncbridge",
@@ -243,7 +245,7 @@ def test_demo_counts_every_hit_and_stops_cleanly_on_sigint(tmp_path: Path) -> No
         assert wait_until(lambda: _counts(hub_port)["total"] == 40, timeout=15)
         counts = _counts(hub_port)
         assert counts["paths"] == dict(sent)
-        assert (counts["duplicates"], counts["rejected"]) == (0, 0)
+        assert (counts["duplicates"], counts["rejected"], counts["abandoned"]) == (0, 0, 0)
 
         server.signal(signal.SIGINT)  # only demo.run: it stops gunicorn, then the hub
         assert server.wait(45) == 0
@@ -292,7 +294,10 @@ def _assert_drained_and_stopped(output: str, secret: str, path: str, n: int) -> 
     reports = _reports(output)
     assert len(reports) == 1, output[-3000:]
     assert reports[0][1:] == (n, n, 0, 0, 0, 0, 0)
-    assert f"hub: {n} hits received ({path}={n})" in output
+    assert (
+        f"hub: {n} hits received ({path}={n}); 0 rejected, 0 duplicates,"
+        " 0 abandoned by their sender\n" in output
+    )
     assert "demo stopped cleanly" in output
     assert secret not in output
 
@@ -314,6 +319,63 @@ def test_demo_sigint_drains_pushes_still_in_flight_to_the_hub(tmp_path: Path) ->
     finally:
         server.stop()
     _assert_drained_and_stopped(output, secret, "/docs", 30)
+
+
+def test_hub_counts_an_event_whose_sender_left_as_abandoned_not_received(tmp_path: Path) -> None:
+    # As tests/e2e/sink.py's Sink: a push counts as delivered only if its sender is still
+    # connected when the answer goes out.
+    secret = _secret()
+    port = free_port()
+    argv = [PYTHON, "-m", "demo.hub", "--port", str(port), "--delay", "1"]
+    with running(argv, log=tmp_path / "hub.log", env={"DEMO_SECRET": secret}) as hub:
+        wait_http(f"http://127.0.0.1:{port}/api/counts", 15, hub.proc)
+        stream = _EventStream(port)
+        try:
+            assert stream.next_event()[0] == "snapshot"
+            gone = json.dumps({"id": "gone-1", "path": "/gone"}).encode()
+            headers = {"Content-Type": "application/json", HEADER: _signature(secret, gone)}
+            leaving = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            leaving.request("POST", "/events", body=gone, headers=headers)
+            assert wait_until(lambda: _counts(port)["in_flight"] == 1, timeout=10)
+            leaving.close()  # before the hub answers
+
+            kept = json.dumps({"id": "kept-1", "path": "/kept"}).encode()
+            headers = {"Content-Type": "application/json", HEADER: _signature(secret, kept)}
+            assert _request(port, "POST", "/events", kept, headers)[0] == 202
+            assert wait_until(lambda: _counts(port)["in_flight"] == 0, timeout=10)
+            name, hit = stream.next_event()
+            assert (name, hit["id"], hit["total"]) == ("hit", "kept-1", 1)
+            counts = _counts(port)
+            assert (counts["total"], counts["paths"], counts["abandoned"]) == (1, {"/kept": 1}, 1)
+            assert (counts["duplicates"], counts["rejected"]) == (0, 0)
+        finally:
+            stream.close()
+        hub.signal(signal.SIGTERM)
+        assert hub.wait(15) == 0
+        output = hub.output()
+    assert "hub stopping: 1 events accepted (0 duplicates), 0 rejected, 1 abandoned" in output
+
+
+def test_demo_counts_pushes_cancelled_at_the_drain_deadline_as_abandoned(tmp_path: Path) -> None:
+    # The hub holds each push 4 s; the worker's drain deadline is 1 s, so its drain cancels the
+    # 5 pushes in flight and closes their connections. The hub answers them later, to no one.
+    secret = _secret()
+    server, hub_port, app_port = _start_demo(
+        tmp_path, secret, "--workers", "1", "--hub-delay", "4", ASYNCBRIDGE_DRAIN_TIMEOUT="1"
+    )
+    try:
+        _track(server, hub_port, app_port, "/late", 5)
+        assert wait_until(lambda: _counts(hub_port)["in_flight"] == 5, timeout=15)
+        server.signal(signal.SIGINT)
+        assert server.wait(45) == 1
+        output = server.output()
+    finally:
+        server.stop()
+    (report,) = _reports(output)
+    assert report[1:] == (5, 0, 0, 0, 5, 0, 0)  # accepted 5, cancelled 5
+    assert "hub: 0 hits received (none); 0 rejected, 0 duplicates, 5 abandoned by" in output
+    assert "NOT OK: 5 hits reached the hub after their sender had gone" in output
+    assert output.rstrip().endswith("demo stopped with errors")
 
 
 def test_demo_non_interactive_mode_sends_traffic_and_exits_zero(tmp_path: Path) -> None:
