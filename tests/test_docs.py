@@ -16,6 +16,7 @@ errors).
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib.util
 import os
@@ -406,6 +407,25 @@ def test_every_option_is_documented_with_default_and_environment_variable(field:
     assert env == f"`ASYNCBRIDGE_{field.upper()}`"
     value = getattr(asyncbridge.Options(), field)
     assert default == "`" + repr(value).replace("'", '"') + "`", f"{field}: default {value!r}"
+
+
+def test_configure_example_sets_every_option_once_each_with_a_comment() -> None:
+    path = EXAMPLES / "configure_options.py"
+    source = path.read_text()
+    calls = [
+        node
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "configure"
+        and len(node.keywords) > 1
+    ]
+    assert len(calls) == 1, "the example has one configure() call with every option"
+    names = [k.arg for k in calls[0].keywords]
+    assert names == [f.name for f in dataclasses.fields(asyncbridge.Options)]
+    lines = source.splitlines()
+    for keyword in calls[0].keywords:
+        assert "  # " in lines[keyword.lineno - 1], f"{keyword.arg} has no comment"
 
 
 def test_configuration_page_lists_no_option_that_does_not_exist() -> None:

@@ -28,12 +28,15 @@ asyncbridge.configure(
     max_pending=10_000,  # accepted but unfinished coroutines, at most
     max_concurrency=100,  # running at once; the rest wait in order
     on_full="drop",  # or "raise" (BacklogFull) or "block" (wait up to block_timeout)
-    block_timeout=1.0,
+    block_timeout=1.0,  # with on_full="block", the longest a caller waits for room
     drain_timeout=10.0,  # default shutdown deadline
     task_timeout=30.0,  # a coroutine running longer is cancelled and counted as timed out
+    log_interval=10.0,  # after the first of a kind, failures and refusals logged once per interval
     loop_factory=None,  # e.g. uvloop.new_event_loop
-    on_error=count_error,
-    on_drop=count_drop,
+    on_error=count_error,  # called on the loop for each failed or timed-out run_soon coroutine
+    on_drop=count_drop,  # called in the caller's thread for each refused coroutine
+    stall_warning=1.0,  # warn when the loop has had no turn for this long; None: no watchdog
+    status_dir=None,  # where each process publishes its counts; None: PROMETHEUS_MULTIPROC_DIR
 )
 
 
