@@ -14,7 +14,7 @@ import asyncbridge.gunicorn
 
 # The one line asyncbridge needs (the rest of this file is sizing and an example hook): gunicorn
 # takes every module-level name that is a setting, so importing the hooks installs them.
-from asyncbridge.gunicorn import post_fork, post_worker_init, worker_abort, worker_exit, worker_int  # noqa: F401
+from asyncbridge.gunicorn import *  # noqa: F403
 
 # -- serving (yours) ---------------------------------------------------------------------------
 bind = os.environ.get("BIND", "127.0.0.1:8000")
@@ -23,8 +23,8 @@ worker_class = "sync"  # "gthread" with threads = 8 works too, and so does "geve
 threads = 1
 preload_app = False  # True works too: the master's inherited loop is discarded in each worker
 # With preload_app = True, an app that hands work off at import starts a loop in the master;
-# pre_fork drains and stops it before the first fork (forking a threaded process is unsafe).
-pre_fork = asyncbridge.gunicorn.pre_fork
+# pre_fork (imported above) drains and stops it before the first fork (forking a threaded
+# process is unsafe).
 
 # Recycling a worker drains it like any graceful exit: nothing accepted is lost.
 max_requests = 1000
@@ -53,8 +53,11 @@ asyncbridge.configure(drain_timeout=10.0)  # or ASYNCBRIDGE_DRAIN_TIMEOUT=10 in 
 
 # -- the hooks -----------------------------------------------------------------------------------
 #
-# post_fork, post_worker_init, worker_abort, worker_exit and worker_int above are asyncbridge's,
-# imported under the names gunicorn looks for. gunicorn has one slot per hook: to run a hook of
+# post_fork, post_worker_init, worker_abort, worker_exit and worker_int (each worker's loop and
+# its drain), pre_fork and child_exit (in the master) are asyncbridge's, imported above under the
+# names gunicorn looks for. child_exit counts what a killed worker lost once the workers publish
+# their counts: set ASYNCBRIDGE_STATUS_DIR (or PROMETHEUS_MULTIPROC_DIR) in the master's
+# environment, see docs/guides/operators.md. gunicorn has one slot per hook: to run a hook of
 # your own too, chain it with asyncbridge.gunicorn.chain. Every chained hook runs even when one
 # raises.
 
@@ -65,7 +68,7 @@ def log_worker_stats(server, worker):  # yours: an example of a hook of your own
         worker.log.info("worker %s handed %d coroutines to asyncbridge", worker.pid, stats.accepted)
 
 
-worker_exit = asyncbridge.gunicorn.chain(worker_exit, log_worker_stats)
+worker_exit = asyncbridge.gunicorn.chain(asyncbridge.gunicorn.worker_exit, log_worker_stats)
 
 # asyncbridge logs task failures and the shutdown report on the "asyncbridge" logger; the hooks
 # also write the report to gunicorn's error log (INFO, or WARNING when something was cancelled).

@@ -1,10 +1,12 @@
 """gunicorn server hooks that give each worker its own loop and drain it when the worker exits.
 
-In ``gunicorn.conf.py`` (gunicorn reads ``./gunicorn.conf.py`` without ``-c``), one line that
-imports the five hooks ``post_fork``, ``post_worker_init``, ``worker_abort``, ``worker_exit`` and
-``worker_int`` from this module (``docs/examples/gunicorn_conf.py`` is that file).
-With ``preload_app = True``, add ``pre_fork`` if the app hands work off at import time; for losses
-counted when a worker is killed, ``child_exit``.
+In ``gunicorn.conf.py`` (gunicorn reads ``./gunicorn.conf.py`` without ``-c``), one line,
+``from asyncbridge.gunicorn import *``, installs every hook of this module
+(``docs/examples/gunicorn_conf.py`` is that file): ``post_fork``, ``post_worker_init``,
+``worker_abort``, ``worker_exit`` and ``worker_int`` in each worker; in the master ``pre_fork``,
+for an app that hands work off at import time with ``preload_app = True``, and ``child_exit``,
+which counts what a killed worker lost when a status directory is set. Every public name that
+gunicorn takes as a setting is one of these hooks.
 
 Each hook has the exact arity gunicorn checks. To combine one with a hook of your own (gunicorn
 has one slot per hook), use :func:`chain`. Nothing here installs a signal handler: gunicorn's

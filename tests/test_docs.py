@@ -292,7 +292,15 @@ def test_the_docs_command_serves_the_site_on_loopback_until_ctrl_c(
 # -- the gunicorn config: one line, the same everywhere --------------------------------------
 
 MINIMAL_GUNICORN_CONF = "docs/examples/gunicorn_conf.py"
-HOOKS = ("post_fork", "post_worker_init", "worker_abort", "worker_exit", "worker_int")
+HOOKS = (
+    "child_exit",
+    "post_fork",
+    "post_worker_init",
+    "pre_fork",
+    "worker_abort",
+    "worker_exit",
+    "worker_int",
+)
 
 
 def _code_lines(path: Path) -> list[str]:
@@ -305,10 +313,7 @@ def _code_lines(path: Path) -> list[str]:
 
 def test_the_minimal_gunicorn_config_is_one_import_line() -> None:
     (line,) = _code_lines(ROOT / MINIMAL_GUNICORN_CONF)
-    assert line == (
-        "from asyncbridge.gunicorn import "
-        "post_fork, post_worker_init, worker_abort, worker_exit, worker_int  # noqa: F401"
-    )
+    assert line == "from asyncbridge.gunicorn import *  # noqa: F403"
     # The complete example config carries the very same line.
     assert line in _code_lines(ROOT / "gunicorn.conf.example.py")
 
@@ -357,11 +362,13 @@ def test_gunicorn_accepts_the_minimal_config_and_installs_every_hook() -> None:
     settings = _gunicorn_settings(ROOT / MINIMAL_GUNICORN_CONF)
     for hook in HOOKS:
         assert getattr(settings, hook) is getattr(asyncbridge.gunicorn, hook), hook
+    # The line installs every public name of the adapter that gunicorn takes as a setting.
+    assert {n for n in asyncbridge.gunicorn.__all__ if n in settings.settings} == set(HOOKS)
 
 
 def test_gunicorn_accepts_the_complete_config_with_a_chained_hook() -> None:
     settings = _gunicorn_settings(ROOT / "gunicorn.conf.example.py")
-    for hook in (*HOOKS, "pre_fork"):
+    for hook in HOOKS:
         if hook != "worker_exit":
             assert getattr(settings, hook) is getattr(asyncbridge.gunicorn, hook), hook
     assert settings.worker_exit.__name__ == "chain(worker_exit, log_worker_stats)"
