@@ -1,9 +1,16 @@
 """The seed scenario's WSGI app: one notification per request, sent the way ``SEED_MODE`` says.
 
-Environment: ``SEED_MODE`` (ceiling, blocking, thread, naive, asyncbridge),
-``SEED_SINK`` (the sink's URL), ``SEED_OUT`` (a directory; each worker writes ``<pid>.json`` with
-how many notifications it accepted, how many requests it served, and how many times asyncbridge's
-back-off slept, when it exits).
+Served by ``bench/seed_scenario.py`` and ``bench/seed_batched.py``. Modes: ``ceiling`` (none),
+``blocking`` (``requests.post`` in the request), ``thread`` (a thread per call), ``naive`` (one
+POST per notification from a loop in a daemon thread), ``asyncbridge`` (one
+``run_soon(post_json(...))`` per notification), ``lean`` (the same with a leaner session: no
+total-timeout timer per request, no decompression, fewer default headers) and ``batched``
+(``asyncbridge.batcher``: up to ``SEED_BATCH`` notifications, 10 by default, per POST to the
+sink's ``/batch`` endpoint). Environment: ``SEED_SINK`` (the sink's base URL,
+``http://host:port``; one notification goes to ``/notify``), ``SEED_OUT`` (a directory; each
+worker writes ``<pid>.json`` with how many notifications it accepted, how many requests it
+served, how many times asyncbridge's back-off slept and how many batches it flushed, when it
+exits).
 """
 
 from __future__ import annotations
@@ -25,9 +32,13 @@ import asyncbridge
 import asyncbridge.aiohttp
 
 MODE = os.environ.get("SEED_MODE", "ceiling")
-SINK = os.environ.get("SEED_SINK", "http://127.0.0.1:9/notify")
+SINK = os.environ.get("SEED_SINK", "http://127.0.0.1:9") + "/notify"
+BATCH_SINK = os.environ.get("SEED_SINK", "http://127.0.0.1:9") + "/batch"
 OUT = Path(os.environ.get("SEED_OUT", "."))
-MODES = ("ceiling", "blocking", "thread", "naive", "asyncbridge")
+BATCH = int(os.environ.get("SEED_BATCH", "10"))
+MODES = ("ceiling", "blocking", "thread", "naive", "asyncbridge", "lean", "batched")
+#: The modes that run asyncbridge (its gunicorn hooks and sizing, seed_gunicorn_conf.py).
+BRIDGE_MODES = ("asyncbridge", "lean", "batched")
 # Connections per worker to the sink: 2,000 req/s x 100 ms = 200 in flight, with headroom (see
 # seed_gunicorn_conf.py). The same for the naive loop's session and asyncbridge's pool.
 POOL = 500
@@ -39,7 +50,16 @@ POOL = 500
 # sock_connect 30 s: the naive session's) instead of the helper's (total 30, connect 5).
 RAW_POST = os.environ.get("SEED_POST") == "raw"
 
-if MODE == "asyncbridge":
+if MODE == "lean":
+    # What a request of the shared session costs besides the HTTP exchange itself: a timer for
+    # the total timeout (one TimerHandle per request), the decompression set-up, default headers.
+    asyncbridge.aiohttp.configure(
+        limit=POOL,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept-Encoding"),
+    )
+elif MODE in BRIDGE_MODES:
     if os.environ.get("SEED_HELPER_TIMEOUT") == "aiohttp":
         asyncbridge.aiohttp.configure(
             limit=POOL, timeout=aiohttp.ClientTimeout(300, sock_connect=30)
@@ -55,7 +75,7 @@ if MODE == "asyncbridge":
 
 # How often the core's back-off for a starved loop slept in this worker (reported at exit).
 _back_offs = 0
-if MODE == "asyncbridge":
+if MODE in BRIDGE_MODES:
     from asyncbridge import _admission as _core
 
     _core_back_off = _core.back_off
@@ -115,6 +135,22 @@ async def _post_bridge(payload: dict[str, Any]) -> None:
     await asyncbridge.aiohttp.post_json(SINK, payload)
 
 
+_flushes = 0
+
+
+async def send_batch(events: list[dict[str, Any]]) -> None:
+    """One POST of up to ``SEED_BATCH`` notifications to the sink's batch endpoint."""
+    global _flushes
+    _flushes += 1
+    await asyncbridge.aiohttp.post_json(BATCH_SINK, {"events": events})
+
+
+# Made in the batched mode only: the other modes stay as they were before batching existed.
+_batcher = (
+    asyncbridge.batcher(send_batch, max_size=BATCH, max_delay=0.05) if MODE == "batched" else None
+)
+
+
 def _notify(payload: dict[str, Any]) -> bool:
     if MODE == "blocking":
         _post_blocking(payload)
@@ -126,8 +162,10 @@ def _notify(payload: dict[str, Any]) -> bool:
         loop = _naive()
         loop.call_soon_threadsafe(loop.create_task, _post_naive(payload))
         return True
-    if MODE == "asyncbridge":
+    if MODE in ("asyncbridge", "lean"):
         return asyncbridge.run_soon(_post_bridge(payload))
+    if _batcher is not None:
+        return _batcher.add(payload)
     return False
 
 
@@ -153,7 +191,14 @@ def app(environ: dict[str, Any], start_response: Callable[..., object]) -> Itera
 def _write_count() -> None:
     if os.getpid() == _pid:
         (OUT / f"{_pid}.json").write_text(
-            json.dumps({"accepted": _accepted, "served": _served, "back_offs": _back_offs})
+            json.dumps(
+                {
+                    "accepted": _accepted,
+                    "served": _served,
+                    "back_offs": _back_offs,
+                    "flushes": _flushes,
+                }
+            )
         )
 
 

@@ -16,7 +16,8 @@ Sized for this load the way an operator would (see gunicorn.conf.example.py):
 
 The naive mode gets the same pool size (``TCPConnector(limit=500)`` in ``seed_app.py``); it has no
 concurrency bound or drain to size. The thread-per-call mode has no bound at all. The timeouts are
-server settings and apply to every mode; only asyncbridge's drain uses them.
+server settings and apply to every mode; only asyncbridge's drain uses them. The batched mode
+(``bench/seed_batched.py``) gets the same: its flushes need far fewer slots (a tenth).
 """
 
 import os
@@ -29,7 +30,7 @@ accesslog = None
 graceful_timeout = 25  # >= drain_timeout (20) + MARGIN (2) + longest request
 timeout = 45  # >= 2 x (drain_timeout + MARGIN): the drain deadline is min(20, 23, 20.5) = 20 s
 
-if os.environ.get("SEED_MODE") == "asyncbridge":
+if os.environ.get("SEED_MODE") in ("asyncbridge", "lean", "batched"):  # seed_app.BRIDGE_MODES
     import asyncbridge
 
     # Inherited by the workers (configured in the master before the fork, as in

@@ -76,6 +76,7 @@ class Run:
     main_cpu: float  # seconds of CPU in the workers' request (main) threads
     other_cpu: float  # seconds of CPU in every other thread of the workers (loop, per-call threads)
     back_offs: int = 0  # asyncbridge's back-off sleeps in the workers (0 in other modes)
+    flushes: int = 0  # batches the workers flushed (the batched mode of seed_batched.py)
 
 
 # -- load generators ------------------------------------------------------------------------------
@@ -230,14 +231,19 @@ def _sink_count(port: int) -> tuple[int, int]:
     return int(body["received"]), int(body["requests"])
 
 
-def one_run(mode: str, load: str, seconds: float, wrk: str | None, rate: float) -> Run:
+def one_run(
+    mode: str, load: str, seconds: float, wrk: str | None, rate: float, *, sink_script: str = _SINK
+) -> Run:
+    """A fresh sink (``sink_script``, its port on stdout) and gunicorn, the load, a graceful
+    stop, then what the sink received against what the workers accepted."""
+    path = os.pathsep.join([str(ROOT), str(BENCH)])
     sink = subprocess.Popen(
-        [sys.executable, "-c", _SINK, "0.1"],
+        [sys.executable, "-c", sink_script, "0.1"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": path},
     )
     try:
         assert sink.stdout is not None and sink.stdin is not None
@@ -246,10 +252,10 @@ def one_run(mode: str, load: str, seconds: float, wrk: str | None, rate: float) 
         with tempfile.TemporaryDirectory(prefix=f"seed-{mode}-") as tmp:
             env = {
                 "SEED_MODE": mode,
-                "SEED_SINK": f"http://127.0.0.1:{sink_port}/notify",
+                "SEED_SINK": f"http://127.0.0.1:{sink_port}",
                 "SEED_OUT": tmp,
                 "SEED_BIND": f"127.0.0.1:{port}",
-                "PYTHONPATH": os.pathsep.join([str(ROOT), str(BENCH)]),
+                "PYTHONPATH": path,
             }
             argv = [
                 sys.executable,
@@ -291,6 +297,7 @@ def one_run(mode: str, load: str, seconds: float, wrk: str | None, rate: float) 
             counts = [json.loads(p.read_text()) for p in Path(tmp).glob("*.json")]
             accepted = sum(c["accepted"] for c in counts)
             back_offs = sum(c.get("back_offs", 0) for c in counts)
+            flushes = sum(c.get("flushes", 0) for c in counts)
         # The sink counts a notification once it has answered it (100 ms after receipt).
         deadline = time.monotonic() + 15
         received, requests = _sink_count(sink_port)
@@ -318,10 +325,15 @@ def one_run(mode: str, load: str, seconds: float, wrk: str | None, rate: float) 
         main_cpu,
         other_cpu,
         back_offs,
+        flushes,
     )
+    served = max(1, load_requests)
     print(
-        f"  [{load}] {mode}: {rps:.0f} req/s, p99 {p99:.1f} ms, {received}/{accepted} received"
-        + (f", {back_offs} back-offs" if mode == "asyncbridge" else ""),
+        f"  [{load}] {mode}: {rps:.0f} req/s, p99 {p99:.1f} ms, {received}/{accepted} received, "
+        f"{(main_cpu + other_cpu) / served * 1e6:.0f} us CPU per request "
+        f"({main_cpu / served * 1e6:.0f} in the request thread)"
+        + (f", {back_offs} back-offs" if mode in ("asyncbridge", "lean", "batched") else "")
+        + (f", {accepted / flushes:.1f} per POST" if flushes else ""),
         flush=True,
     )
     return run
@@ -330,11 +342,15 @@ def one_run(mode: str, load: str, seconds: float, wrk: str | None, rate: float) 
 # -- the report -------------------------------------------------------------------------------
 
 
-def _table(title: str, runs: dict[str, list[Run]]) -> dict[str, dict[str, float]]:
+def table(
+    title: str, runs: dict[str, list[Run]], labels: dict[str, str] = MODES
+) -> dict[str, dict[str, float]]:
+    """Print the runs' medians (req/s, latency, RSS) and totals (delivery, CPU) by mode, in the
+    order of ``labels``; return the medians."""
     rows: list[list[object]] = []
     medians: dict[str, dict[str, float]] = {}
-    for mode, label in MODES.items():
-        rs = runs[mode]
+    for mode, label in labels.items():
+        rs = runs.get(mode)
         if not rs:
             continue
         med = {
@@ -382,30 +398,46 @@ def _table(title: str, runs: dict[str, list[Run]]) -> dict[str, dict[str, float]
     return medians
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="gunicorn seed scenario")
+def seed_options(
+    description: str, modes: dict[str, str], default: list[str], default_help: str
+) -> argparse.ArgumentParser:
+    """The options a seed-scenario bench shares: --seconds, --runs, --modes, --no-wrk, --smoke."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--seconds", type=float, default=8.0, help="load length per run (8)")
     parser.add_argument("--runs", type=int, default=3, help="interleaved runs per mode (3)")
-    parser.add_argument("--rate", type=float, default=300.0, help="fixed rate (300 req/s)")
     parser.add_argument(
         "--modes",
-        default=",".join(DEFAULT_MODES),
-        help=f"comma-separated, from {', '.join(MODES)} (default: all)",
+        default=",".join(default),
+        help=f"comma-separated, from {', '.join(modes)} (default: {default_help})",
     )
+    parser.add_argument("--no-wrk", action="store_true", help="use the bundled generator only")
+    parser.add_argument("--smoke", action="store_true", help="1 s per run, 1 run")
+    return parser
+
+
+def chosen_modes(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, modes: dict[str, str]
+) -> list[str]:
+    """The modes ``--modes`` names (an unknown one ends the command); applies ``--smoke``."""
+    if args.smoke:
+        args.seconds, args.runs = 1.0, 1
+    chosen = [m for m in args.modes.split(",") if m]
+    unknown = set(chosen) - set(modes)
+    if unknown:
+        parser.error(f"unknown modes: {sorted(unknown)}")
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = seed_options("gunicorn seed scenario", MODES, DEFAULT_MODES, "all")
+    parser.add_argument("--rate", type=float, default=300.0, help="fixed rate (300 req/s)")
     parser.add_argument(
         "--loads",
         default="saturation,fixed rate",
         help="comma-separated, from: saturation, fixed rate (default: both)",
     )
-    parser.add_argument("--no-wrk", action="store_true", help="use the bundled generator only")
-    parser.add_argument("--smoke", action="store_true", help="1 s per run, 1 run")
     args = parser.parse_args(argv)
-    if args.smoke:
-        args.seconds, args.runs = 1.0, 1
-    modes = [m for m in args.modes.split(",") if m]
-    unknown = set(modes) - set(MODES)
-    if unknown:
-        parser.error(f"unknown modes: {sorted(unknown)}")
+    modes = chosen_modes(parser, args, MODES)
     loads = [x.strip() for x in args.loads.split(",") if x.strip()]
     if set(loads) - {"saturation", "fixed rate"}:
         parser.error(f"unknown loads: {sorted(set(loads) - {'saturation', 'fixed rate'})}")
@@ -429,9 +461,9 @@ def main(argv: list[str] | None = None) -> int:
                 runs[mode].append(one_run(mode, load, args.seconds, wrk, args.rate))
     sat = fixed = {}
     if "saturation" in loads:
-        sat = _table("saturation (closed loop, 8 connections)", results["saturation"])
+        sat = table("saturation (closed loop, 8 connections)", results["saturation"])
     if "fixed rate" in loads:
-        fixed = _table(f"fixed rate {args.rate:g} req/s", results["fixed rate"])
+        fixed = table(f"fixed rate {args.rate:g} req/s", results["fixed rate"])
 
     print("\n### targets (ratios from this run)\n")
     if {"asyncbridge", "naive"} <= sat.keys():
