@@ -78,6 +78,7 @@ class LaneState:
         "name",
         "options",
         "queues",
+        "resuming",
         "retries",
         "returning",
         "room",
@@ -129,6 +130,8 @@ class LaneState:
         # waiting here. The loop only ever tries it without blocking (see notify_room).
         self.room = threading.Condition(threading.RLock())
         self.room_waiters = 0
+        # True while a pass of start_waiting is queued on the loop (see _scheduler.refill).
+        self.resuming = False
 
     def backlog(self) -> int:
         """Accepted work waiting to start: coroutines in the inbox, and items of batchers."""

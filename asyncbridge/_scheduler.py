@@ -7,6 +7,7 @@ runtime itself (``lane.runtime is lane``).
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 import weakref
@@ -31,6 +32,7 @@ __all__ = [
     "is_idle",
     "lane_state",
     "pull",
+    "refill",
     "rest",
     "retake_slot",
     "run_loop",
@@ -47,6 +49,12 @@ __all__ = [
 LOOP_THREAD = threading.local()
 
 _NO_LIMIT = 1 << 62
+# The most coroutines one pass of start_waiting starts; the rest wait for the next pass.
+_CHUNK = 128
+# Eager task start (Python 3.12+): a task's first step runs when it is made.
+_EAGER = sys.version_info >= (3, 12)
+_Task = asyncio.Task
+_EAGER_START: dict[str, Any] = {"eager_start": True}
 _current_task = asyncio.current_task
 _monotonic = time.monotonic
 
@@ -113,7 +121,10 @@ def start_waiting(lane: LaneState) -> None:
     """Start waiting work, oldest first, up to ``max_concurrency`` holding a slot at once.
 
     Free slots go first to retries back from their sleep, then to the inbox, then to batchers'
-    due flushes.
+    due flushes. One pass starts at most ``_CHUNK`` coroutines and queues the next pass behind
+    them (see :func:`refill`): a burst of 50,000 started at once keeps 50,000 tasks alive
+    together, and the collector's passes over them, with the cache misses, cost the loop about
+    twice what starting them a chunk at a time does.
     """
     rt = lane.runtime
     if lane.returning:
@@ -131,6 +142,8 @@ def start_waiting(lane: LaneState) -> None:
     with rt.lock:
         rt.version += 1
         room = (options.max_concurrency or _NO_LIMIT) - lane.busy
+        if room > _CHUNK:
+            room = _CHUNK
         while inbox and room > 0:
             batch.append(inbox.popleft())
             room -= 1
@@ -143,7 +156,13 @@ def start_waiting(lane: LaneState) -> None:
             lane.taken - len(batch), len(batch), _monotonic(), lane.scheduled_at
         )
     publish_soon(rt)
-    create_task = rt.loop.create_task  # type: ignore[union-attr]
+    loop = rt.loop
+    assert loop is not None
+    # Python 3.12+ starts each job eagerly: its first step runs here, and a job that ends
+    # before its first real wait never touches the loop's queue (a task factory set on the
+    # loop is honoured instead).
+    eager = _EAGER and loop.get_task_factory() is None
+    create_task = loop.create_task
     tasks = rt.tasks
     lane_of = None if lane is rt else rt.lane_of
     timeout = options.task_timeout
@@ -152,10 +171,17 @@ def start_waiting(lane: LaneState) -> None:
             close_quietly(coro)
             _count(lane, "cancelled")
             continue
-        # The job learns its own task from the slot, filled before it first runs: cheaper than
-        # asking asyncio.current_task(), a Python function on 3.11.
+        # The job learns its own task from the slot, filled before it next runs: cheaper than
+        # asking asyncio.current_task(), a Python function on 3.11. A job started eagerly
+        # finds the slot empty in its first step and asks (a C function there).
         slot: list[asyncio.Task[Any]] = []
-        task = create_task(_job(lane, coro, future, timeout, slot), context=context)
+        job = _job(lane, coro, future, timeout, slot)
+        if eager:
+            task = _Task(job, loop=loop, context=context, **_EAGER_START)
+            if task.done():  # it ended in its first step and counted itself
+                continue
+        else:
+            task = create_task(job, context=context)
         slot.append(task)
         tasks[task] = coro
         if lane_of is not None:
@@ -163,11 +189,33 @@ def start_waiting(lane: LaneState) -> None:
         if future is not None:
             future._task = task
             if future._cancel_requested:  # cancel() ran before the task existed
-                task.cancel()
+                # After the task's first step, never before it: a task cancelled before it
+                # first runs never enters _job, which would then count nothing.
+                loop.call_soon(task.cancel)
     if lane.queues:
         _start_flushes(lane)
+    if inbox and lane.busy < (options.max_concurrency or _NO_LIMIT):
+        refill(lane)  # the chunk's limit, or slots that jobs started eagerly gave back
     if lane.room_waiters:
         lane.notify_room()
+
+
+def refill(lane: LaneState) -> None:
+    """Queue one more pass of :func:`start_waiting` on the loop, unless one is queued already.
+
+    Jobs that end, retries that sleep and flushes that end free slots through this, never by
+    calling start_waiting themselves: every slot freed in one loop iteration is refilled by one
+    pass (one lock, one publication), and a job started eagerly inside a pass never starts
+    others inside its own first step.
+    """
+    if not lane.resuming:
+        lane.resuming = True
+        lane.runtime.loop.call_soon(_resume, lane)  # type: ignore[union-attr]
+
+
+def _resume(lane: LaneState) -> None:
+    lane.resuming = False
+    start_waiting(lane)
 
 
 async def _job(
@@ -184,7 +232,13 @@ async def _job(
     SystemExit and KeyboardInterrupt too, which asyncio would otherwise let out of the loop.
     """
     rt = lane.runtime
-    task = slot[0]
+    if slot:
+        task = slot[0]
+    else:  # started eagerly: start_waiting registers the task only once this step returns
+        task = _current_task()  # type: ignore[assignment]
+        rt.tasks[task] = coro
+        if lane is not rt:
+            rt.lane_of[task] = lane
     handle = None
     timing = None if rt.timing is None else rt.timing.of(lane)
     began = 0.0 if timing is None else _monotonic()
@@ -201,11 +255,7 @@ async def _job(
     else:
         outcome = "completed"
     if handle is not None:
-        handle.cancel()
-        if task in rt.expired:
-            rt.expired.discard(task)
-            outcome = "timed_out"
-            exc = TimeoutError(f"exceeded task_timeout of {lane.options.task_timeout}s")
+        outcome, exc = _settle_timeout(lane, task, handle, outcome, exc)
     del rt.tasks[task]
     if lane is not rt:
         del rt.lane_of[task]
@@ -235,10 +285,32 @@ async def _job(
             future.set_exception(exc)
     elif exc is not None:
         _report_failure(lane, exc, coroutine_name(coro), outcome)
+    _slot_freed(lane)
+
+
+def _settle_timeout(
+    lane: LaneState,
+    task: asyncio.Task[Any],
+    handle: asyncio.TimerHandle,
+    outcome: str,
+    exc: BaseException | None,
+) -> tuple[str, BaseException | None]:
+    """A job under ``task_timeout`` ended: stop its timer; a cancellation by it is a timeout."""
+    handle.cancel()
+    expired = lane.runtime.expired
+    if task in expired:
+        expired.discard(task)
+        return "timed_out", TimeoutError(f"exceeded task_timeout of {lane.options.task_timeout}s")
+    return outcome, exc
+
+
+def _slot_freed(lane: LaneState) -> None:
+    """A job or a flush ended and gave its slot back: refill it, wake who waits for room/idle."""
     if lane.inbox or lane.returning or lane.queues:
-        start_waiting(lane)
+        refill(lane)
     elif lane.room_waiters:
         lane.notify_room()
+    rt = lane.runtime
     if rt.idle_waiters and is_idle(rt):
         _wake_idle_waiters(rt)
 
@@ -414,7 +486,7 @@ def give_back_slot(lane: LaneState) -> None:
     """The running job sleeps: its slot goes to what waits for one."""
     lane.busy -= 1
     if lane.inbox or lane.returning or lane.queues:
-        start_waiting(lane)
+        refill(lane)
 
 
 def retake_slot(lane: LaneState) -> None:
@@ -533,11 +605,7 @@ async def _batch_job(
     else:
         outcome = "completed"
     if handle is not None:
-        handle.cancel()
-        if task in rt.expired:
-            rt.expired.discard(task)
-            outcome = "timed_out"
-            exc = TimeoutError(f"exceeded task_timeout of {lane.options.task_timeout}s")
+        outcome, exc = _settle_timeout(lane, task, handle, outcome, exc)
     del rt.tasks[task]
     if lane is not rt:
         del rt.lane_of[task]
@@ -546,9 +614,4 @@ async def _batch_job(
         rt.cancelled_names.extend([name] * units)
     if exc is not None:
         _report_failure(lane, exc, name, outcome)
-    if lane.inbox or lane.returning or lane.queues:
-        start_waiting(lane)
-    elif lane.room_waiters:
-        lane.notify_room()
-    if rt.idle_waiters and is_idle(rt):
-        _wake_idle_waiters(rt)
+    _slot_freed(lane)
