@@ -333,7 +333,8 @@ def one_run(
         f"{(main_cpu + other_cpu) / served * 1e6:.0f} us CPU per request "
         f"({main_cpu / served * 1e6:.0f} in the request thread)"
         + (f", {back_offs} back-offs" if mode in ("asyncbridge", "lean", "batched") else "")
-        + (f", {accepted / flushes:.1f} per POST" if flushes else ""),
+        + (f", {accepted / flushes:.1f} per POST" if flushes else "")
+        + f", load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
     return run
