@@ -26,16 +26,18 @@ _thread_cpu_clock = getattr(time, "pthread_getcpuclockid", None)
 #
 # Sleeping helps a loop that waits for the GIL (or computes), not one that waits on something
 # else inside a callback or coroutine (a lock, time.sleep, blocking I/O): that loop does not
-# pull, however long callers sleep. After MAX_BACKOFFS back-offs for one wake-up (all callers
-# together) without a pull, one caller looks at the loop thread (_waits_on_its_own); if it is
-# blocked that way, callers stop paying for that wake-up (about 8 ms in all, where the bound of
-# GIVE_UP alone cost a burst of 50,000 calls about 100 ms). A starved loop keeps its back-offs,
-# up to GIVE_UP, which is treated as blocked whatever the loop does. bench/publish_delay.py
-# and bench/loop_cost.py measure both sides.
+# pull, however long callers sleep. So the first back-off for a wake-up is a look at the loop
+# thread (_waits_on_its_own), which sleeps one back-off while it watches the thread; if the
+# loop is blocked that way, callers stop paying for that wake-up at once (one sleep in all,
+# where the bound of GIVE_UP alone cost a burst of 50,000 calls about 100 ms, and a look after
+# 16 back-offs still 8 ms). A starved loop keeps its back-offs, with a second look after
+# LOOK_AGAIN of them (the loop may have started blocking meanwhile), up to GIVE_UP, which is
+# treated as blocked whatever the loop does. bench/publish_delay.py and bench/loop_cost.py
+# measure both sides.
 STARVED = 0.002
 GIVE_UP = 0.1
 BACKOFF = 0.0005
-MAX_BACKOFFS = 16
+LOOK_AGAIN = 16
 _BLOCKED = 1 << 30  # the back-off count of a wake-up found blocked
 
 
@@ -52,12 +54,15 @@ def back_off(lane: LaneState) -> None:
     rt = lane.runtime
     if rt.in_loop_thread():  # the loop is the one we wait for
         return
-    lane.backoffs += 1
-    if lane.backoffs == MAX_BACKOFFS and _waits_on_its_own(rt):
-        # Blocked, not starved: no more back-offs for this wake-up (the pull resets the count).
-        lane.backoffs = _BLOCKED
-    if lane.backoffs >= _BLOCKED:
+    if lane.backoffs >= _BLOCKED:  # a finding of "starved" that outlived the look
         lane.starved = False
+        return
+    lane.backoffs += 1
+    if lane.backoffs == 1 or lane.backoffs == LOOK_AGAIN:
+        if _waits_on_its_own(rt):  # (the look is this back-off's sleep)
+            # Blocked, not starved: no more back-offs for this wake-up (the pull resets it).
+            lane.backoffs = _BLOCKED
+            lane.starved = False
         return
     time.sleep(BACKOFF)
 
@@ -71,21 +76,22 @@ _OWN_DIR = __file__.rpartition("/")[0] + "/"
 def _waits_on_its_own(rt: Runtime) -> bool:
     """Is the loop thread blocked by its own work in a way that callers' sleeping cannot help?
 
-    Looked at once per wake-up, after MAX_BACKOFFS back-offs without a pull. A loop that waits
-    for the GIL stands in asyncio's own code (its select, or between callbacks); one that
-    computes in a coroutine gains from the GIL too, and its CPU clock moves. A loop inside a
-    callback or coroutine whose CPU clock stands still waits on something else (a lock, a sleep,
-    blocking I/O): no back-off can help it.
+    Sleeps one back-off in every case: the look is a back-off too. A loop that waits for the
+    GIL stands in asyncio's own code (its select, or between callbacks); one that computes in a
+    coroutine gains from the GIL too, and its CPU clock moves while this caller sleeps. A loop
+    inside a callback or coroutine whose CPU clock stands still waits on something else (a lock,
+    a sleep, blocking I/O): no back-off can help it.
     """
     thread = rt.thread
     ident = None if thread is None else thread.ident
-    if ident is None:
-        return False
-    frame = sys._current_frames().get(ident)
+    frame = None if ident is None else sys._current_frames().get(ident)
     if frame is None:
+        time.sleep(BACKOFF)
         return False
     filename = frame.f_code.co_filename
+    del frame
     if filename.endswith(_LOOP_FILES) or filename.startswith(_OWN_DIR):
+        time.sleep(BACKOFF)
         return False
     try:
         if _thread_cpu_clock is None:
@@ -95,7 +101,7 @@ def _waits_on_its_own(rt: Runtime) -> bool:
     except OSError:  # no per-thread CPU clock here: trust the frame alone
         time.sleep(BACKOFF)
         return True
-    time.sleep(BACKOFF)  # this wake-up's last back-off, and the time the clock is watched
+    time.sleep(BACKOFF)  # the back-off, and the time the clock is watched
     return _clock_gettime(clock) - before < BACKOFF / 10
 
 

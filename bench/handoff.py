@@ -47,6 +47,7 @@ from _common import (
     without_back_off,
 )
 from anyio.from_thread import start_blocking_portal
+from loop_cost import asyncbridge_burst_cpu, naive_burst_cpu
 
 import asyncbridge
 
@@ -435,6 +436,28 @@ def main(argv: list[str] | None = None) -> int:
     def mean(table: dict[str, list[Result]], name: str) -> float:
         return _median_of(table[name], Result.mean_us)
 
+    # End to end (issue 10 section 3): process and loop-thread CPU per no-op job, from the first
+    # hand-off to the last job done, for a burst (the method of bench/loop_cost.py).
+    cpu_burst = 2_000 if args.smoke else args.burst
+    ours_cpu = [asyncbridge_burst_cpu(cpu_burst) for _ in range(args.rounds)]
+    naive_cpu = [naive_burst_cpu(cpu_burst) for _ in range(args.rounds)]
+    ours_proc = statistics.median(c for c, _ in ours_cpu)
+    ours_loop = statistics.median(lp for _, lp in ours_cpu)
+    naive_proc = statistics.median(c for c, _ in naive_cpu)
+    print_table(
+        f"end to end: CPU per no-op job, burst of {cpu_burst}, first hand-off to last job done",
+        ["hand-off", "process CPU per job us", "loop CPU per job us", "naive / this (process)"],
+        [
+            ["asyncbridge run_soon", ours_proc, ours_loop, naive_proc / ours_proc],
+            [
+                NAIVE,
+                naive_proc,
+                statistics.median(lp for _, lp in naive_cpu),
+                1.0,
+            ],
+        ],
+    )
+
     print("\n### targets (ratios from this run)\n")
     checks = [
         target_line(
@@ -468,6 +491,14 @@ def main(argv: list[str] | None = None) -> int:
             1.2,
             f"mean ratio {mean(paced, RUN_SOON) / mean(paced, BARE):.2f}",
         ),
+        target_line(
+            "end to end: naive / run_soon, process CPU per job",
+            naive_proc / ours_proc,
+            ">=",
+            3,
+            f"{ours_proc:.2f} vs {naive_proc:.2f} us",
+        ),
+        target_line("end to end: run_soon's loop CPU per job, us", ours_loop, "<=", 6, ""),
     ]
     print(f"\n{sum(checks)}/{len(checks)} targets met")
     return 0
