@@ -22,6 +22,7 @@ from . import _admission, _forkmark, _publish, _scheduler, _watchdog
 from ._admission import drop as _drop
 from ._admission import make_room as _make_room
 from ._batcher import Batcher
+from ._blocking import run_and_wait
 from ._config import Options, options_from_env
 from ._errors import AsyncBridgeError, BridgeClosed
 from ._future import BridgeFuture
@@ -294,39 +295,14 @@ class Bridge:
             BaseException: Whatever the coroutine raised.
         """
         rt = self._rt
-        if rt.pid == _getpid() and rt.in_loop_thread():
-            _close_quietly(coro)
-            raise AsyncBridgeError(
-                "run() was called from the bridge's own event loop thread, where blocking would "
-                "deadlock; use `await` on the coroutine instead"
-            )
-        running = asyncio._get_running_loop()
-        # Under gevent with the bridge loop in a greenlet, asyncio's running-loop slot is per OS
-        # thread, so request greenlets see the bridge loop as "running": that one may block.
-        if running is not None and running is not rt.loop:
-            _close_quietly(coro)
-            raise AsyncBridgeError(
-                "run() was called from a thread with a running event loop, which it would block; "
-                "just `await` the coroutine (or use run_soon() to fire and forget)"
-            )
-        try:
-            wait = timeout_arg("run", timeout)
-        except (TypeError, ValueError):
-            _close_quietly(coro)
-            raise
-        future = self.submit(coro)
-        try:
-            return future.result(wait)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise TimeoutError(
-                f"run() timed out after {timeout}s; the coroutine was cancelled"
-            ) from None
-        except BaseException:
-            # Interrupted while waiting (KeyboardInterrupt, SystemExit from a signal handler):
-            # nobody will read the result, so the coroutine must not run on unseen.
-            future.cancel()
-            raise
+        return run_and_wait(
+            "run",
+            coro,
+            timeout,
+            submit=self.submit,
+            bridge_loop=rt.loop,
+            on_loop_thread=rt.pid == _getpid() and rt.in_loop_thread(),
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 

@@ -20,10 +20,11 @@ from types import CoroutineType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _admission, _scheduler
+from ._blocking import run_and_wait
 from ._config import Options
 from ._errors import AsyncBridgeError, BridgeClosed
 from ._future import BridgeFuture
-from ._inputs import not_a_coroutine, timeout_arg
+from ._inputs import not_a_coroutine
 from ._log import close_quietly
 from ._runtime import DEFAULT_LANE, NOT_STARTED, LaneState
 from ._stats import Stats
@@ -180,37 +181,14 @@ class Lane:
             BaseException: Whatever the coroutine raised.
         """
         bridge = self._bridge
-        if bridge.in_loop_thread():
-            close_quietly(coro)
-            raise AsyncBridgeError(
-                "Lane.run() was called from the bridge's own event loop thread, where blocking "
-                "would deadlock; use `await` on the coroutine instead"
-            )
-        running = asyncio._get_running_loop()
-        # As in Bridge.run: under gevent with the bridge loop in the hub, request greenlets see
-        # the bridge loop as running; that one may block.
-        if running is not None and running is not bridge._rt.loop:
-            close_quietly(coro)
-            raise AsyncBridgeError(
-                "Lane.run() was called from a thread with a running event loop, which it would "
-                "block; `await` the coroutine instead (or use run_soon() to fire and forget)"
-            )
-        try:
-            wait = timeout_arg("Lane.run", timeout)
-        except (TypeError, ValueError):
-            close_quietly(coro)
-            raise
-        future = self.submit(coro)
-        try:
-            return future.result(wait)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise TimeoutError(
-                f"Lane.run() timed out after {timeout}s; the coroutine was cancelled"
-            ) from None
-        except BaseException:
-            future.cancel()  # interrupted (KeyboardInterrupt): do not leave it running
-            raise
+        return run_and_wait(
+            "Lane.run",
+            coro,
+            timeout,
+            submit=self.submit,
+            bridge_loop=bridge._rt.loop,
+            on_loop_thread=bridge.in_loop_thread(),
+        )
 
     def stats(self) -> Stats:
         """A consistent snapshot of this lane's accounting in this process; never starts a loop."""
