@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,8 @@ import asyncbridge.prometheus
 from asyncbridge import Bridge, _publish
 from asyncbridge._publish import Publisher, Timing
 
-from .helpers import FORK_WARNING, ROOT, fresh_bridge
+from .helpers import FORK_WARNING, fresh_bridge
+from .status_dirs import counts, env_with_status_dir, run_python, workers_directory
 
 # The fixtures fork this (threaded) process; Python 3.12+ warns about exactly that.
 pytestmark = pytest.mark.filterwarnings(FORK_WARNING)
@@ -37,10 +36,6 @@ HISTOGRAMS = ["asyncbridge_job_wait_seconds", "asyncbridge_job_duration_seconds"
 DEFAULT = {"lane": "default"}
 
 
-def _counts(**values: int) -> tuple[int, ...]:
-    return tuple(values.get(name, 0) for name in _publish.COUNTERS)
-
-
 @pytest.fixture
 def directory(tmp_path: Path) -> Iterator[Path]:
     """A live worker (this process), a killed one counted by the master, one killed uncounted."""
@@ -48,37 +43,11 @@ def directory(tmp_path: Path) -> Iterator[Path]:
     timing.wait.add(0.003, 4)
     timing.wait.add(0.2, 1)
     timing.duration.add(0.07, 3)
-    live = Publisher(str(tmp_path))
-    live.write(
-        [
-            (
-                "default",
-                _counts(
-                    accepted=12,
-                    completed=7,
-                    failed=1,
-                    pending=1,
-                    running=3,
-                    dropped_full=2,
-                    dropped_closed=1,
-                ),
-                timing,
-            )
-        ],
-        stalls=2,
-        histograms=True,
+    live = counts(
+        accepted=12, completed=7, failed=1, pending=1, running=3, dropped_full=2, dropped_closed=1
     )
-    for hang in (4, 6):
-        pid = os.fork()
-        if pid == 0:
-            pub = Publisher(str(tmp_path))
-            pub.write([("default", _counts(accepted=hang + 1, completed=1, running=hang), None)])
-            os._exit(0)
-        os.waitpid(pid, 0)
-        if hang == 4:
-            _publish.worker_gone(pid, str(tmp_path))
-    yield tmp_path
-    live.close()
+    with workers_directory(tmp_path, live, timing, stalls=2, histograms=True) as directory:
+        yield directory
 
 
 def _registry(directory: Path | None = None, bridge: Bridge | None = None) -> CollectorRegistry:
@@ -221,15 +190,7 @@ for line in text.splitlines():
 def test_multiprocess_mode_marks_a_gone_worker_dead_and_counts_its_losses(tmp_path: Path) -> None:
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     env.pop("ASYNCBRIDGE_STATUS_DIR", None)
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_MULTIPROCESS)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=env,
-        check=False,
-    )
+    done = run_python(["-c", textwrap.dedent(_MULTIPROCESS)], env=env)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "livesum gone: True True"
@@ -258,17 +219,7 @@ print(response.content.decode())
 
 def test_the_django_example_view_serves_the_directory(directory: Path) -> None:
     pytest.importorskip("django", reason="Django is in the e2e dependency group")
-    env = {**os.environ, "ASYNCBRIDGE_STATUS_DIR": str(directory)}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    done = subprocess.run(
-        [sys.executable, "-c", _DJANGO_VIEW],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=env,
-        check=False,
-    )
+    done = run_python(["-c", _DJANGO_VIEW], env=env_with_status_dir(directory))
     assert done.returncode == 0, done.stderr
     status_line, _, body = done.stdout.partition("\n")
     assert status_line.startswith("200 text/plain; version=")
@@ -279,8 +230,8 @@ def test_every_lane_has_its_own_series(tmp_path: Path) -> None:
     pub = Publisher(str(tmp_path))
     pub.write(
         [
-            ("default", _counts(accepted=5, completed=5), None),
-            ("push", _counts(accepted=7, completed=4, running=2, failed=1, retries=3), None),
+            ("default", counts(accepted=5, completed=5), None),
+            ("push", counts(accepted=7, completed=4, running=2, failed=1, retries=3), None),
         ]
     )
     reg = _registry(tmp_path)

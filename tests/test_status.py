@@ -13,45 +13,22 @@ from pathlib import Path
 
 import pytest
 
-from asyncbridge import _publish, _status
-from asyncbridge._publish import Publisher, read_directory
+from asyncbridge import _status
+from asyncbridge._publish import read_directory
 
 from .helpers import FORK_WARNING, ROOT
+from .status_dirs import counts, env_with_status_dir, run_python, workers_directory
 
 # The fixtures fork this (threaded) process; Python 3.12+ warns about exactly that.
 pytestmark = pytest.mark.filterwarnings(FORK_WARNING)
 
 
-def _counts(**values: int) -> tuple[int, ...]:
-    return tuple(values.get(name, 0) for name in _publish.COUNTERS)
-
-
 @pytest.fixture
 def directory(tmp_path: Path) -> Iterator[Path]:
     """One live worker (this process), one killed and counted, one killed and not counted."""
-    live = Publisher(str(tmp_path))
-    live.write(
-        [
-            (
-                "default",
-                _counts(accepted=12, completed=7, failed=1, pending=1, running=3, dropped_full=2),
-                None,
-            )
-        ],
-        stalls=1,
-        longest_stall=1.5,
-    )
-    for hang in (4, 6):
-        pid = os.fork()
-        if pid == 0:
-            pub = Publisher(str(tmp_path))
-            pub.write([("default", _counts(accepted=hang + 1, completed=1, running=hang), None)])
-            os._exit(0)
-        os.waitpid(pid, 0)
-        if hang == 4:
-            _publish.worker_gone(pid, str(tmp_path))
-    yield tmp_path
-    live.close()
+    live = counts(accepted=12, completed=7, failed=1, pending=1, running=3, dropped_full=2)
+    with workers_directory(tmp_path, live, stalls=1, longest_stall=1.5) as directory:
+        yield directory
 
 
 def _table(text: str) -> dict[str, list[str]]:
@@ -93,25 +70,8 @@ def test_the_table_has_a_line_per_worker_and_totals(directory: Path) -> None:
 
 
 def test_the_command_reads_the_directory_from_a_flag_or_the_environment(directory: Path) -> None:
-    env = {**os.environ, "ASYNCBRIDGE_STATUS_DIR": str(directory)}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    by_env = subprocess.run(
-        [sys.executable, "-m", "asyncbridge", "status"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=env,
-        check=False,
-    )
-    by_flag = subprocess.run(
-        [sys.executable, "-m", "asyncbridge", "status", "--dir", str(directory), "--lanes"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=False,
-    )
+    by_env = run_python(["-m", "asyncbridge", "status"], env=env_with_status_dir(directory))
+    by_flag = run_python(["-m", "asyncbridge", "status", "--dir", str(directory), "--lanes"])
     assert by_env.returncode == by_flag.returncode == 0, by_env.stderr + by_flag.stderr
     assert _table(by_env.stdout)["TOTAL"] == ["24", "1", "3", "9", "1", "2", "1", "10"]
     assert "LANE" in by_flag.stdout
@@ -120,14 +80,7 @@ def test_the_command_reads_the_directory_from_a_flag_or_the_environment(director
 
 
 def test_json_output_has_the_same_figures(directory: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "asyncbridge", "status", "--dir", str(directory), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=False,
-    )
+    done = run_python(["-m", "asyncbridge", "status", "--dir", str(directory), "--json"])
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert data["total"]["accepted"] == 24 and data["total"]["lost"] == 10
@@ -142,25 +95,10 @@ def test_without_a_directory_it_says_where_to_point_it(tmp_path: Path) -> None:
         for k, v in os.environ.items()
         if k not in ("ASYNCBRIDGE_STATUS_DIR", "PROMETHEUS_MULTIPROC_DIR")
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "asyncbridge", "status"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=env,
-        check=False,
-    )
+    done = run_python(["-m", "asyncbridge", "status"], env=env)
     assert done.returncode == 2
     assert "no status directory: pass --dir, or set ASYNCBRIDGE_STATUS_DIR" in done.stderr
-    missing = subprocess.run(
-        [sys.executable, "-m", "asyncbridge", "status", "--dir", str(tmp_path / "nope")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=False,
-    )
+    missing = run_python(["-m", "asyncbridge", "status", "--dir", str(tmp_path / "nope")])
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
