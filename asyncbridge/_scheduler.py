@@ -51,10 +51,9 @@ LOOP_THREAD = threading.local()
 _NO_LIMIT = 1 << 62
 # The most coroutines one pass of start_waiting starts; the rest wait for the next pass.
 _CHUNK = 128
-# Eager task start (Python 3.12+): a task's first step runs when it is made.
-_EAGER = sys.version_info >= (3, 12)
 _Task = asyncio.Task
-_EAGER_START: dict[str, Any] = {"eager_start": True}
+# Eager task start (Python 3.12+): a task's first step runs when it is made.
+_EAGER_START: dict[str, Any] = {"eager_start": True} if sys.version_info >= (3, 12) else {}
 _current_task = asyncio.current_task
 _monotonic = time.monotonic
 
@@ -158,10 +157,11 @@ def start_waiting(lane: LaneState) -> None:
     publish_soon(rt)
     loop = rt.loop
     assert loop is not None
-    # Python 3.12+ starts each job eagerly: its first step runs here, and a job that ends
-    # before its first real wait never touches the loop's queue (a task factory set on the
-    # loop is honoured instead).
-    eager = _EAGER and loop.get_task_factory() is None
+    # Tasks are made directly, without loop.create_task's Python frame around the same call
+    # (a task factory set on the loop is honoured instead). On Python 3.12+ each starts
+    # eagerly: its first step runs here, and a job that ends before its first real wait never
+    # touches the loop's queue.
+    direct = loop.get_task_factory() is None
     create_task = loop.create_task
     tasks = rt.tasks
     lane_of = None if lane is rt else rt.lane_of
@@ -176,9 +176,9 @@ def start_waiting(lane: LaneState) -> None:
         # finds the slot empty in its first step and asks (a C function there).
         slot: list[asyncio.Task[Any]] = []
         job = _job(lane, coro, future, timeout, slot)
-        if eager:
+        if direct:
             task = _Task(job, loop=loop, context=context, **_EAGER_START)
-            if task.done():  # it ended in its first step and counted itself
+            if task.done():  # started eagerly, it ended in its first step and counted itself
                 continue
         else:
             task = create_task(job, context=context)
