@@ -65,7 +65,7 @@ HANDOFF_ROWS = {
 }
 
 
-def test_handoff_prints_every_row_in_all_three_regimes_and_four_target_checks() -> None:
+def test_handoff_prints_every_row_in_all_four_tables_and_six_target_checks() -> None:
     out = run_bench("handoff.py")
     assert set(table_rows(out, "burst (loop running)")) == HANDOFF_ROWS
     assert set(table_rows(out, "paced (idle loop woken per call)")) == HANDOFF_ROWS
@@ -77,7 +77,14 @@ def test_handoff_prints_every_row_in_all_three_regimes_and_four_target_checks() 
         "call_soon_threadsafe(noop) (bare wake-up)",
         "floor: create the coroutine",
     }
-    assert len(verdicts(out)) == 4
+    end_to_end = table_rows(
+        out, "end to end: CPU per no-op job, burst of 2000, first hand-off to last job done"
+    )
+    assert set(end_to_end) == {
+        "asyncbridge run_soon",
+        "call_soon_threadsafe(create_task, coro) (naive)",
+    }
+    assert len(verdicts(out)) == 6
 
 
 def test_hotpath_times_run_soon_its_pieces_and_the_prototypes() -> None:
@@ -149,7 +156,7 @@ def test_loop_cost_prints_both_tables_and_three_target_checks() -> None:
     blocked = table_rows(out, "A burst against a loop blocked by its own work (back-off as it is)")
     assert set(blocked) == {
         f"{row} (collector {state})"
-        for row in ("floor", "run_soon, loop blocked")
+        for row in ("floor", "lower bound: keep (coro, copy_context())", "run_soon, loop blocked")
         for state in ("on", "off")
     }
     assert len(verdicts(out)) == 3
