@@ -1020,3 +1020,36 @@ def test_a_first_step_starting_its_own_eager_task_keeps_lanes_and_counts_apart(
     assert (v["seen"], v["n"]) == (600, 600), v
     assert (c["accepted"], c["completed"], c["running"]) == (600, 600, 0), c
     assert v["tasks"] == 0, v
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="raising a lane's max_concurrency (Lane.configure, or Bridge.configure for a lane "
+    "that inherits it) queues no pass for that lane: its waiting work starts only when a slot "
+    "frees or a new hand-off wakes the loop, never 'at once' (Bridge._apply kicks the default "
+    "lane only; Lane.configure kicks none); on every Python version",
+)
+@case(
+    """
+    from asyncbridge import Bridge
+    b = Bridge(max_concurrency=1)
+    own = b.lane("own", max_concurrency=1)
+    inherits = b.lane("inherits")
+    for target in (b, own, inherits):
+        target.run_soon(forever())  # holds the only slot
+    time.sleep(0.2)
+    for target in (b, own, inherits):
+        for _ in range(5):
+            target.run_soon(nap(0.001))
+    time.sleep(0.2)
+    own.configure(max_concurrency=10)
+    b.configure(max_concurrency=10)
+    deadline = time.monotonic() + 3
+    done = lambda: [b.stats().lanes[n].completed for n in ("default", "own", "inherits")]
+    while done() != [5, 5, 5] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    verdict(completed=done())
+    """
+)
+def test_raising_a_lanes_max_concurrency_starts_its_waiting_work_at_once(outcome: Outcome) -> None:
+    assert outcome.verdict["completed"] == [5, 5, 5], outcome.verdict
