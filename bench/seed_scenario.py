@@ -77,6 +77,7 @@ class Run:
     other_cpu: float  # seconds of CPU in every other thread of the workers (loop, per-call threads)
     back_offs: int = 0  # asyncbridge's back-off sleeps in the workers (0 in other modes)
     flushes: int = 0  # batches the workers flushed (the batched mode of seed_batched.py)
+    sink_cpu: float = 0.0  # seconds of CPU in the sink's process during the load
 
 
 # -- load generators ------------------------------------------------------------------------------
@@ -273,6 +274,7 @@ def one_run(
                 workers = _children(server.pid)
                 main_before = sum(_cpu_seconds(w, w) for w in workers)
                 all_before = sum(_cpu_seconds(w) for w in workers)
+                sink_before = _cpu_seconds(sink.pid)
                 if load == "saturation" and wrk:
                     rps, p50, p99, errors = wrk_closed(wrk, url, seconds, 8)
                 elif load == "saturation":
@@ -284,6 +286,7 @@ def one_run(
                 rss = statistics.fmean(rss_kib(w) for w in workers) / 1024 if workers else 0.0
                 main_cpu = sum(_cpu_seconds(w, w) for w in workers) - main_before
                 other_cpu = sum(_cpu_seconds(w) for w in workers) - all_before - main_cpu
+                sink_cpu = _cpu_seconds(sink.pid) - sink_before
                 load_requests = round(rps * seconds)
                 server.signal(signal.SIGTERM)
                 server.wait(60)  # graceful_timeout is 25 s
@@ -326,12 +329,14 @@ def one_run(
         other_cpu,
         back_offs,
         flushes,
+        sink_cpu,
     )
     served = max(1, load_requests)
     print(
         f"  [{load}] {mode}: {rps:.0f} req/s, p99 {p99:.1f} ms, {received}/{accepted} received, "
         f"{(main_cpu + other_cpu) / served * 1e6:.0f} us CPU per request "
-        f"({main_cpu / served * 1e6:.0f} in the request thread)"
+        f"({main_cpu / served * 1e6:.0f} in the request thread; the sink "
+        f"{sink_cpu / served * 1e6:.0f})"
         + (f", {back_offs} back-offs" if mode in ("asyncbridge", "lean", "batched") else "")
         + (f", {accepted / flushes:.1f} per POST" if flushes else "")
         + f", load average {os.getloadavg()[0]:.2f}",
@@ -378,6 +383,7 @@ def table(
                 med["rss"],
                 sum(r.main_cpu for r in rs) / served * 1e6,
                 sum(r.other_cpu for r in rs) / served * 1e6,
+                sum(r.sink_cpu for r in rs) / served * 1e6,
             ]
         )
     print_table(
@@ -393,6 +399,7 @@ def table(
             "worker RSS MiB",
             "request thread CPU us/req",
             "other threads CPU us/req",
+            "sink CPU us/req",
         ],
         rows,
     )
