@@ -17,16 +17,22 @@ stamp=".venv/.asyncbridge-installed"
 want="$(cat pyproject.toml | sha256sum | cut -c1-16) ${ASYNCBRIDGE_GROUPS}"
 if [ ! -f "$stamp" ] || ! grep -qxF "$want" "$stamp"; then
   echo "==> installing asyncbridge and groups: ${ASYNCBRIDGE_GROUPS}"
-  # pip >= 25.1 understands [dependency-groups]; the machine's pip may be older.
   _pip() {
     # The machine's pip config may name local mirrors that do not exist; hide only that noise.
     .venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }
     return "${PIPESTATUS[0]}"
   }
-  _pip "pip>=25.1"
   args=(-e .)
   for g in ${ASYNCBRIDGE_GROUPS}; do args+=(--group "$g"); done
-  _pip "${args[@]}"
+  # uv (from the package index, into .venv) installs the groups in seconds where pip takes a
+  # minute or two; where uv cannot be had or fails, pip does it as before.
+  if _pip "uv>=0.5" && .venv/bin/uv pip install -q --python .venv/bin/python "${args[@]}"; then
+    :
+  else
+    echo "==> uv could not install the groups; pip installs them"
+    _pip "pip>=25.1"  # pip >= 25.1 understands [dependency-groups]; the venv's may be older
+    _pip "${args[@]}"
+  fi
   echo "$want" >> "$stamp"
 fi
 export PATH="$root/.venv/bin:$PATH"
