@@ -55,6 +55,10 @@ E2E_SUBSET = (
     "tests/test_docs.py",
 )
 
+# Two pytest-xdist workers, one test file each at a time (module fixtures stay in one process),
+# as scripts/test runs the default Python's suite. ``nox -- -n 0`` runs in one process.
+WORKERS = ("-n", os.environ.get("ASYNCBRIDGE_TEST_WORKERS", "2"), "--dist", "loadfile")
+
 nox.options.sessions = [f"tests-{version}" for version in PYTHONS]
 # Find interpreters on this machine only; never download one.
 nox.options.download_python = "never"
@@ -113,14 +117,18 @@ def test_groups() -> list[str]:
 
 def tests(session: nox.Session) -> None:
     """The core suite, then on ``E2E_ON`` versions the end-to-end subset, in editable mode."""
-    session.install("pip>=25.1")  # [dependency-groups] support
+    if session.venv_backend != "uv":
+        session.install("pip>=25.1")  # [dependency-groups] support
     groups = [arg for group in test_groups() for arg in ("--group", group)]
     session.install("-e", ".", *groups)
-    pytest = ("python", "-m", "pytest", "-q", "-p", "no:cacheprovider")
+    pytest = ("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *WORKERS)
     session.run(*pytest, *CORE_SUITE, *session.posargs)
     if session.name.removeprefix("tests-") in E2E_ON:
         session.run(*pytest, *E2E_SUBSET, *session.posargs)
 
 
+# uv (in the dev group) makes each session's venv in seconds; pip's would take a minute or more.
 for _version in PYTHONS:
-    nox.session(name=f"tests-{_version}", python=interpreter(_version), venv_backend="venv")(tests)
+    nox.session(name=f"tests-{_version}", python=interpreter(_version), venv_backend="uv|venv")(
+        tests
+    )
