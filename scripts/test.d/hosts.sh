@@ -93,12 +93,37 @@ pip_() {
     2>&1 | { grep -v -e '^WARNING: Location' -e 'DEPRECATION' -e 'pip 23.1 will enforce' || true; }
   return "${PIPESTATUS[0]}"
 }
-if ! pip_ "aiohttp>=3.9" || ! pip_ -e "$root"; then
+# aiohttp's wheel and the project's editable one do not depend on how Python was built: uv (which
+# scripts/_env.sh put in .venv) installs them from its cache in seconds, else pip does.
+uv="$root/.venv/bin/uv"
+if ! { [ -x "$uv" ] \
+  && timeout 480 "$uv" pip install -q --python "$venv/bin/python" "aiohttp>=3.9" -e "$root"; } \
+  && { ! pip_ "aiohttp>=3.9" || ! pip_ -e "$root"; }; then
   say "hosts-venv: pip install failed or timed out; the Passenger and mod_wsgi tests will skip"
   exit 0
 fi
 chmod -R a+rX "$(dirname "$venv")"
-if [ "$with_mod_wsgi" = 1 ] && ! pip_ --no-binary mod_wsgi "mod_wsgi>=5"; then
+# mod_wsgi's wheel does: it is built here against Debian's python3 and Apache, and kept in a
+# folder named after both, so that the next checkout on this machine installs it without the
+# build (about half a minute). Never pip's or uv's cache (see the top of this file).
+mod_wsgi_wheel() {
+  local key dir
+  key="$({ /usr/bin/python3 -VV; apxs -q HTTPD_VERSION; apxs -q LIBEXECDIR; } 2>&1 | sha256sum | cut -c1-16)"
+  dir="/var/cache/asyncbridge/mod_wsgi-$key"
+  if ! ls "$dir"/mod_wsgi-*.whl >/dev/null 2>&1; then
+    # Debian's pip builds mod_wsgi with its setup.py, which needs the wheel package for a wheel.
+    { [ -x "$uv" ] && timeout 120 "$uv" pip install -q --python "$venv/bin/python" wheel; } \
+      || pip_ wheel || return 1
+    rm -rf "$dir.tmp" && mkdir -p "$dir.tmp" \
+      && timeout 480 "$venv/bin/python" -m pip wheel -q --disable-pip-version-check --no-cache-dir \
+        --no-deps --no-build-isolation --no-binary mod_wsgi -w "$dir.tmp" "mod_wsgi>=5" \
+        >/dev/null 2>&1 \
+      && rm -rf "$dir" && mv "$dir.tmp" "$dir" || return 1
+  fi
+  timeout 120 "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-index \
+    --no-deps "$dir"/mod_wsgi-*.whl >/dev/null 2>&1
+}
+if [ "$with_mod_wsgi" = 1 ] && ! mod_wsgi_wheel && ! pip_ --no-binary mod_wsgi "mod_wsgi>=5"; then
   say "mod_wsgi: building it failed or timed out; tests/e2e/test_mod_wsgi.py will skip"
 else
   echo "$want" > "$stamp"  # not after a failed build: the next run tries again
