@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import selectors
 import sys
 import time
 from collections.abc import Coroutine
@@ -67,10 +70,14 @@ def back_off(lane: LaneState) -> None:
     time.sleep(BACKOFF)
 
 
-# Where a loop thread stands when it is idle or between callbacks: asyncio's own loop code, and
-# asyncbridge's (starting jobs, counting them).
-_LOOP_FILES = ("selectors.py", "base_events.py", "events.py", "asyncio/runners.py")
-_OWN_DIR = __file__.rpartition("/")[0] + "/"
+# Where a loop thread stands when it is idle or between callbacks: asyncio's own loop code, the
+# selectors module, and asyncbridge's (starting jobs, counting them). Whole paths: an app's own
+# events.py is not asyncio's.
+_LOOP_PLACES = (
+    os.path.dirname(asyncio.__file__) + os.sep,
+    selectors.__file__,
+    os.path.dirname(__file__) + os.sep,
+)
 
 
 def _waits_on_its_own(rt: Runtime) -> bool:
@@ -90,7 +97,7 @@ def _waits_on_its_own(rt: Runtime) -> bool:
         return False
     filename = frame.f_code.co_filename
     del frame
-    if filename.endswith(_LOOP_FILES) or filename.startswith(_OWN_DIR):
+    if filename.startswith(_LOOP_PLACES):
         time.sleep(BACKOFF)
         return False
     try:

@@ -31,7 +31,7 @@ from ._lane import Lane
 from ._log import close_quietly as _close_quietly
 from ._log import logger
 from ._runtime import NOT_STARTED, Runtime, orphan
-from ._scheduler import LOOP_THREAD, pull, run_loop, start_waiting, sweep, when_idle
+from ._scheduler import LOOP_THREAD, pull, run_loop, sweep, when_idle
 from ._shutdown import SHUTDOWN_MARGIN, drain_runtime
 from ._stats import ShutdownReport, Stats
 
@@ -112,13 +112,8 @@ class Bridge:
             return
         rt.options = self._options  # the loop side reads the options from its runtime
         if rt.pid == _getpid() and rt.loop is not None and not rt.finished:
-            # New limits act at once: callers waiting for room look again, and the loop starts
-            # what a higher max_concurrency now lets run.
-            rt.notify_room()
-            try:
-                rt.loop.call_soon_threadsafe(start_waiting, rt)
-            except RuntimeError:  # the loop closed under us
-                pass
+            # New limits act at once, in every lane that takes them from the bridge.
+            _scheduler.options_changed(list(rt.lanes.values()))
             if self._rt.pid == _getpid():
                 _watchdog.watch_runtime(self._rt)  # stall_warning may have been turned on
 

@@ -215,9 +215,11 @@ class Lane:
         self._explicit = {**self._explicit, **lane_options(self._name, options)}
         rt = self._bridge._rt
         st = rt.lanes.get(self._name) if rt.pid == _getpid() else None
-        if st is not None:  # the lane is in use here: change it in place
+        if st is not None:  # the lane is in use here: change it in place, acting at once
             st.explicit = self._explicit
             _scheduler.apply_options(st, self._bridge.options)
+            if not rt.finished:
+                _scheduler.options_changed([st])
 
     def __repr__(self) -> str:
         return f"<asyncbridge.Lane {self._name!r} {self._explicit}>"

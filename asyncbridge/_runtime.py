@@ -87,6 +87,7 @@ class LaneState:
         "runtime",
         "scheduled",
         "scheduled_at",
+        "starting",
         "starved",
         "taken",
         "timed_out",
@@ -132,6 +133,8 @@ class LaneState:
         self.room_waiters = 0
         # True while a pass of start_waiting is queued on the loop (see _scheduler.refill).
         self.resuming = False
+        # What the pass in progress has taken from the inbox and not yet started.
+        self.starting: collections.deque[Item] = collections.deque()
 
     def backlog(self) -> int:
         """Accepted work waiting to start: coroutines in the inbox, and items of batchers."""
@@ -303,6 +306,7 @@ class Runtime(LaneState):
                 running = [c for t, c in list(self.tasks.items()) if not t.done()]
                 names = [coroutine_name(c) for c in running]
                 for lane in list(self.lanes.values()):
+                    names.extend(coroutine_name(item[0]) for item in list(lane.starting))
                     names.extend(coroutine_name(item[0]) for item in list(lane.inbox))
                     for queue in list(lane.queues):
                         names.extend([queue.name] * len(queue))

@@ -7,6 +7,7 @@ runtime itself (``lane.runtime is lane``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import sys
 import threading
 import time
@@ -31,6 +32,7 @@ __all__ = [
     "give_back_slot",
     "is_idle",
     "lane_state",
+    "options_changed",
     "pull",
     "refill",
     "rest",
@@ -52,6 +54,7 @@ _NO_LIMIT = 1 << 62
 # The most coroutines one pass of start_waiting starts; the rest wait for the next pass.
 _CHUNK = 128
 _Task = asyncio.Task
+_BASE_CREATE_TASK = asyncio.BaseEventLoop.create_task
 # Eager task start (Python 3.12+): a task's first step runs when it is made.
 _EAGER_START: dict[str, Any] = {"eager_start": True} if sys.version_info >= (3, 12) else {}
 _current_task = asyncio.current_task
@@ -137,7 +140,7 @@ def start_waiting(lane: LaneState) -> None:
         cancel_unstarted(rt)
         return
     options = lane.options
-    batch: list[Item] = []
+    batch: collections.deque[Item] = collections.deque()
     with rt.lock:
         rt.version += 1
         room = (options.max_concurrency or _NO_LIMIT) - lane.busy
@@ -158,15 +161,18 @@ def start_waiting(lane: LaneState) -> None:
     loop = rt.loop
     assert loop is not None
     # Tasks are made directly, without loop.create_task's Python frame around the same call
-    # (a task factory set on the loop is honoured instead). On Python 3.12+ each starts
-    # eagerly: its first step runs here, and a job that ends before its first real wait never
-    # touches the loop's queue.
-    direct = loop.get_task_factory() is None
-    create_task = loop.create_task
+    # (a task factory set on the loop, or a loop class with its own create_task, is honoured
+    # instead). On Python 3.12+ each starts eagerly: its first step runs here, and a job that
+    # ends before its first real wait never touches the loop's queue.
+    direct = loop.get_task_factory() is None and type(loop).create_task is _BASE_CREATE_TASK
     tasks = rt.tasks
     lane_of = None if lane is rt else rt.lane_of
     timeout = options.task_timeout
-    for coro, context, future in batch:
+    # What this pass has taken and not yet started stays visible (shutdown names it, should a
+    # first step block the loop before the pass ends).
+    lane.starting = batch
+    while batch:
+        coro, context, future = batch.popleft()
         if future is not None and not future.set_running_or_notify_cancel():
             close_quietly(coro)
             _count(lane, "cancelled")
@@ -176,12 +182,16 @@ def start_waiting(lane: LaneState) -> None:
         # finds the slot empty in its first step and asks (a C function there).
         slot: list[asyncio.Task[Any]] = []
         job = _job(lane, coro, future, timeout, slot)
-        if direct:
-            task = _Task(job, loop=loop, context=context, **_EAGER_START)
-            if task.done():  # started eagerly, it ended in its first step and counted itself
-                continue
-        else:
-            task = create_task(job, context=context)
+        try:
+            if direct:
+                task = _Task(job, loop=loop, context=context, **_EAGER_START)
+            else:
+                task = loop.create_task(job, context=context)
+        except BaseException as error:  # a task factory (or loop) that fails: this job fails
+            _not_started(lane, job, coro, future, error)
+            continue
+        if task.done():  # started eagerly, it ended in its first step and counted itself
+            continue
         slot.append(task)
         tasks[task] = coro
         if lane_of is not None:
@@ -218,6 +228,23 @@ def _resume(lane: LaneState) -> None:
     start_waiting(lane)
 
 
+def _not_started(
+    lane: LaneState,
+    job: Coroutine[Any, Any, Any],
+    coro: Coroutine[Any, Any, Any],
+    future: BridgeFuture[Any] | None,
+    error: BaseException,
+) -> None:
+    """Making a job's task failed: the job fails with that error, counted and reported."""
+    job.close()
+    close_quietly(coro)
+    _count(lane, "failed")
+    if future is not None:
+        future.set_exception(error)
+    else:
+        _report_failure(lane, error, coroutine_name(coro), "failed")
+
+
 async def _job(
     lane: LaneState,
     coro: Coroutine[Any, Any, Any],
@@ -232,13 +259,7 @@ async def _job(
     SystemExit and KeyboardInterrupt too, which asyncio would otherwise let out of the loop.
     """
     rt = lane.runtime
-    if slot:
-        task = slot[0]
-    else:  # started eagerly: start_waiting registers the task only once this step returns
-        task = _current_task()  # type: ignore[assignment]
-        rt.tasks[task] = coro
-        if lane is not rt:
-            rt.lane_of[task] = lane
+    task = slot[0] if slot else _own_task(lane, coro, slot)
     handle = None
     timing = None if rt.timing is None else rt.timing.of(lane)
     began = 0.0 if timing is None else _monotonic()
@@ -276,6 +297,21 @@ async def _job(
     if outcome == "cancelled" and rt.closed:
         rt.cancelled_names.append(coroutine_name(coro))
     if future is not None:
+        _settle_future(future, outcome, result, exc)
+    elif exc is not None:
+        _report_failure(lane, exc, coroutine_name(coro), outcome)
+    _slot_freed(lane)
+
+
+def _settle_future(
+    future: BridgeFuture[Any], outcome: str, result: Any, exc: BaseException | None
+) -> None:
+    """Give a submit() future its outcome; what its done callbacks raise stays here.
+
+    concurrent.futures lets a callback's BaseException (SystemExit) out of set_result; on the
+    loop it would end the task, or, for a job started eagerly, the pass that starts the rest.
+    """
+    try:
         if outcome == "completed":
             future.set_result(result)
         elif outcome == "cancelled":
@@ -283,9 +319,25 @@ async def _job(
         else:
             assert exc is not None
             future.set_exception(exc)
-    elif exc is not None:
-        _report_failure(lane, exc, coroutine_name(coro), outcome)
-    _slot_freed(lane)
+    except BaseException:
+        logger.exception("asyncbridge: a done callback of a submit() future raised")
+
+
+def _own_task(
+    lane: LaneState, coro: Coroutine[Any, Any, Any], slot: list[asyncio.Task[Any]]
+) -> asyncio.Task[Any]:
+    """The running job's task. One started eagerly (its slot still empty: whoever made it
+    registers it only once this first step returns) registers itself, so that shutdown,
+    ``current_lane()`` and its own end find it."""
+    if slot:
+        return slot[0]
+    task = _current_task()
+    assert task is not None
+    rt = lane.runtime
+    rt.tasks[task] = coro
+    if lane is not rt:
+        rt.lane_of[task] = lane
+    return task
 
 
 def _settle_timeout(
@@ -430,6 +482,20 @@ def lane_state(rt: Runtime, name: str, explicit: dict[str, Any]) -> LaneState:
             rt.lanes = {**rt.lanes, name: lane}  # replaced whole: readers iterate without a lock
             rt.version += 1
         return lane
+
+
+def options_changed(lanes: list[LaneState]) -> None:
+    """New options act at once (from any thread): callers waiting for room look again, and the
+    loop starts what a higher ``max_concurrency`` now lets run, in each of ``lanes``."""
+    for lane in lanes:
+        lane.notify_room()
+        loop = lane.runtime.loop
+        if loop is None:
+            continue
+        try:
+            loop.call_soon_threadsafe(start_waiting, lane)
+        except RuntimeError:  # the loop closed under us
+            return
 
 
 def apply_options(lane: LaneState, bridge_options: Any) -> None:
@@ -579,19 +645,27 @@ def start_batch(lane: LaneState, coro: Coroutine[Any, Any, Any], units: int, nam
     rt = lane.runtime
     loop = rt.loop
     assert loop is not None
-    task = loop.create_task(_batch_job(lane, coro, units, name, lane.options.task_timeout))
+    slot: list[asyncio.Task[Any]] = []
+    task = loop.create_task(_batch_job(lane, coro, units, name, lane.options.task_timeout, slot))
+    if task.done():  # an eager task factory ran it to its end already
+        return
+    slot.append(task)
     rt.tasks[task] = coro
     if lane is not rt:
         rt.lane_of[task] = lane
 
 
 async def _batch_job(
-    lane: LaneState, coro: Coroutine[Any, Any, Any], units: int, name: str, limit: float | None
+    lane: LaneState,
+    coro: Coroutine[Any, Any, Any],
+    units: int,
+    name: str,
+    limit: float | None,
+    slot: list[asyncio.Task[Any]],
 ) -> None:
     """A flush, counting its outcome for each of its ``units`` items; see :func:`_job`."""
     rt = lane.runtime
-    task = _current_task()
-    assert task is not None
+    task = _own_task(lane, coro, slot)
     handle = None
     if limit is not None:
         handle = rt.loop.call_later(limit, expire, rt, task)  # type: ignore[union-attr]

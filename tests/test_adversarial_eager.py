@@ -176,13 +176,6 @@ def test_a_first_step_raising_systemexit_keyboardinterrupt_or_generatorexit_is_c
     assert c["loop_running"] and balanced(c), c
 
 
-@pytest.mark.xfail(
-    EAGER,
-    strict=True,
-    reason="3.12+: a BaseException from a submit() future's done callback, run inside an eager "
-    "first step, escapes asyncio.Task() and aborts the pass: the rest of the chunk is taken "
-    "(running) but never started, never awaited (drain False, shutdown abandons them)",
-)
 @case(
     """
     from asyncbridge import Bridge
@@ -752,12 +745,6 @@ def test_a_child_forked_after_eager_jobs_counts_only_its_own(outcome: Outcome) -
 
 
 @pytest.mark.skipif(not EAGER, reason="asyncio.eager_task_factory is Python 3.12+")
-@pytest.mark.xfail(
-    strict=True,
-    reason="eager_task_factory on the bridge loop: start_waiting's create_task branch does not "
-    "check task.done(), so a job that ended in its first step (and removed itself from rt.tasks) "
-    "is registered again: rt.tasks and rt.lane_of grow by one entry per job, forever",
-)
 @case(
     """
     from asyncbridge import Bridge
@@ -787,13 +774,6 @@ def test_with_an_eager_task_factory_ended_jobs_leave_no_task_registered(outcome:
 
 
 @pytest.mark.skipif(not EAGER, reason="asyncio.eager_task_factory is Python 3.12+")
-@pytest.mark.xfail(
-    strict=True,
-    reason="eager_task_factory on the bridge loop: a flush that ends in its first step runs "
-    "_batch_job's `del rt.tasks[task]` before start_batch registered the task: KeyError, the "
-    "flush's items are never counted (running stuck), drain fails and shutdown waits its whole "
-    "deadline and reports them abandoned",
-)
 @case(
     """
     from asyncbridge import Bridge
@@ -867,12 +847,6 @@ def test_first_step_failures_are_logged_by_qualname_never_by_argument(outcome: O
     assert outcome.log_lines("fails_at_once") and outcome.log_lines("fails_later"), outcome.logs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="start_waiting makes each job's task with asyncio.Task() directly when the loop has "
-    "no task factory (d4890e1; eager on 3.12+), so a loop_factory's loop whose class overrides "
-    "create_task (tracing, instrumentation) is never asked to make a job's task",
-)
 @case(
     """
     from asyncbridge import Bridge
@@ -898,12 +872,6 @@ def test_a_loop_whose_class_overrides_create_task_makes_every_jobs_task(outcome:
     assert v["jobs"] == 10, v
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a task factory that raises aborts the whole pass (start_waiting has no guard around "
-    "making the task): the rest of the chunk stays counted running, never awaited (RuntimeWarning"
-    "), drain never goes idle and shutdown abandons them; on every Python version",
-)
 @case(
     """
     from asyncbridge import Bridge
@@ -1022,13 +990,6 @@ def test_a_first_step_starting_its_own_eager_task_keeps_lanes_and_counts_apart(
     assert v["tasks"] == 0, v
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="raising a lane's max_concurrency (Lane.configure, or Bridge.configure for a lane "
-    "that inherits it) queues no pass for that lane: its waiting work starts only when a slot "
-    "frees or a new hand-off wakes the loop, never 'at once' (Bridge._apply kicks the default "
-    "lane only; Lane.configure kicks none); on every Python version",
-)
 @case(
     """
     from asyncbridge import Bridge
@@ -1055,13 +1016,6 @@ def test_raising_a_lanes_max_concurrency_starts_its_waiting_work_at_once(outcome
     assert outcome.verdict["completed"] == [5, 5, 5], outcome.verdict
 
 
-@pytest.mark.xfail(
-    EAGER,
-    strict=True,
-    reason="3.12+: the rest of a chunk whose pass is held by a first step that blocks the loop "
-    "is counted in `abandoned` but not named in `abandoned_names` (those items are only in "
-    "start_waiting's local batch: neither in the inbox nor in rt.tasks); 3.11 names them all",
-)
 @case(
     """
     from asyncbridge import Bridge

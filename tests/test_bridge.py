@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import importlib.util
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -806,4 +808,28 @@ def test_the_look_after_max_backoffs_tells_a_starved_loop_from_a_blocked_one() -
             assert not _admission._waits_on_its_own(rt)
         finally:
             release.set()
+        assert bridge.drain(5)
+
+
+def test_the_look_knows_asyncio_by_its_path_not_by_a_file_name(tmp_path: Path) -> None:
+    # An app module that happens to be called events.py (or selectors.py) is not asyncio's
+    # own code: a loop blocked inside it is blocked, and callers stop backing off for it.
+    # (A lock's acquire is C code: the loop thread's innermost Python frame stays in events.py.)
+    (tmp_path / "events.py").write_text(
+        "def hold(entered, lock):\n    entered.set()\n    lock.acquire(timeout=5)\n"
+    )
+    spec = importlib.util.spec_from_file_location("app_events", tmp_path / "events.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    entered, lock = threading.Event(), threading.Lock()
+    lock.acquire()
+    with fresh_bridge() as bridge:
+        bridge.get_loop().call_soon_threadsafe(module.hold, entered, lock)
+        assert entered.wait(5)
+        time.sleep(0.05)  # from entered.set() into the acquire
+        try:
+            assert _admission._waits_on_its_own(bridge._rt)
+        finally:
+            lock.release()
         assert bridge.drain(5)
