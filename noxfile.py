@@ -16,11 +16,6 @@ Python, 3.11, then ``nox --no-error-on-missing-interpreters``:
   the same path on 3.12 and 3.13: the classifiers declare 3.12, so a suite must run on it, and
   with uv making the venv and two xdist processes the core suite costs about a minute.
 
-``ASYNCBRIDGE_NOX_PART=core`` runs only the core suites, ``e2e`` only the end-to-end subset:
-``scripts/test`` runs the core suites, in one process each, while the default Python's suite
-runs (whose end-to-end tests leave most of the CPU idle, waiting on servers and sinks), and the
-end-to-end subset after it, so that no two sets of servers run at once.
-
 Each session's venv is made with uv when nox finds it (the dev group installs it), else with
 ``venv`` and pip; pytest runs in two pytest-xdist processes (``ASYNCBRIDGE_TEST_WORKERS``
 changes the number, ``0`` runs in one process), as in ``scripts/test``.
@@ -134,10 +129,8 @@ def tests(session: nox.Session) -> None:
     groups = [arg for group in test_groups() for arg in ("--group", group)]
     session.install("-e", ".", *groups)
     pytest = ("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *WORKERS)
-    part = os.environ.get("ASYNCBRIDGE_NOX_PART", "all")
-    if part in {"all", "core"}:
-        session.run(*pytest, *CORE_SUITE, *session.posargs)
-    if part in {"all", "e2e"} and session.name.removeprefix("tests-") in E2E_ON:
+    session.run(*pytest, *CORE_SUITE, *session.posargs)
+    if session.name.removeprefix("tests-") in E2E_ON:
         session.run(*pytest, *E2E_SUBSET, *session.posargs)
 
 
