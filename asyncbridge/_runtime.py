@@ -77,6 +77,7 @@ class LaneState:
         "inbox",
         "name",
         "options",
+        "passing",
         "queues",
         "resuming",
         "retries",
@@ -133,8 +134,10 @@ class LaneState:
         self.room_waiters = 0
         # True while a pass of start_waiting is queued on the loop (see _scheduler.refill).
         self.resuming = False
-        # What the pass in progress has taken from the inbox and not yet started.
+        # What the pass in progress has taken from the inbox and not yet started; `passing`
+        # is True while that pass makes its tasks (see _scheduler._fill).
         self.starting: collections.deque[Item] = collections.deque()
+        self.passing = False
 
     def backlog(self) -> int:
         """Accepted work waiting to start: coroutines in the inbox, and items of batchers."""

@@ -160,6 +160,25 @@ def start_waiting(lane: LaneState) -> None:
     publish_soon(rt)
     loop = rt.loop
     assert loop is not None
+    # What this pass has taken and not yet started stays visible (shutdown names it, should a
+    # first step block the loop before the pass ends).
+    lane.starting = batch
+    lane.passing = True
+    try:
+        _start_each(lane, batch, loop)
+    finally:
+        lane.passing = False
+    if lane.queues:
+        _start_flushes(lane)
+    if inbox and lane.busy < (options.max_concurrency or _NO_LIMIT):
+        refill(lane)  # the chunk's limit, or slots that jobs started eagerly gave back
+    if lane.room_waiters:
+        lane.notify_room()
+
+
+def _start_each(lane: LaneState, batch: collections.deque[Item], loop: Any) -> None:
+    """Make a task for each item of ``batch`` (taken from the inbox), oldest first."""
+    rt = lane.runtime
     # Tasks are made directly, without loop.create_task's Python frame around the same call
     # (a task factory set on the loop, or a loop class with its own create_task, is honoured
     # instead). On Python 3.12+ each starts eagerly: its first step runs here, and a job that
@@ -167,10 +186,7 @@ def start_waiting(lane: LaneState) -> None:
     direct = loop.get_task_factory() is None and type(loop).create_task is _BASE_CREATE_TASK
     tasks = rt.tasks
     lane_of = None if lane is rt else rt.lane_of
-    timeout = options.task_timeout
-    # What this pass has taken and not yet started stays visible (shutdown names it, should a
-    # first step block the loop before the pass ends).
-    lane.starting = batch
+    timeout = lane.options.task_timeout
     while batch:
         coro, context, future = batch.popleft()
         if future is not None and not future.set_running_or_notify_cancel():
@@ -202,22 +218,24 @@ def start_waiting(lane: LaneState) -> None:
                 # After the task's first step, never before it: a task cancelled before it
                 # first runs never enters _job, which would then count nothing.
                 loop.call_soon(task.cancel)
-    if lane.queues:
-        _start_flushes(lane)
-    if inbox and lane.busy < (options.max_concurrency or _NO_LIMIT):
-        refill(lane)  # the chunk's limit, or slots that jobs started eagerly gave back
-    if lane.room_waiters:
-        lane.notify_room()
+
+
+def _fill(lane: LaneState) -> None:
+    """A slot came free (a job or flush ended, a retry sleeps): start what waits for it.
+
+    At once, in this loop iteration, as a job's end always did (work handed off while the loop
+    ran waits no extra iteration); but through a queued pass when a pass is running (a job
+    started eagerly ends inside it, and must not start others inside its own first step) or is
+    queued already (a burst: its chunks go one pass at a time).
+    """
+    if lane.passing or lane.resuming:
+        refill(lane)
+    else:
+        start_waiting(lane)
 
 
 def refill(lane: LaneState) -> None:
-    """Queue one more pass of :func:`start_waiting` on the loop, unless one is queued already.
-
-    Jobs that end, retries that sleep and flushes that end free slots through this, never by
-    calling start_waiting themselves: every slot freed in one loop iteration is refilled by one
-    pass (one lock, one publication), and a job started eagerly inside a pass never starts
-    others inside its own first step.
-    """
+    """Queue one more pass of :func:`start_waiting` on the loop, unless one is queued already."""
     if not lane.resuming:
         lane.resuming = True
         lane.runtime.loop.call_soon(_resume, lane)  # type: ignore[union-attr]
@@ -359,7 +377,7 @@ def _settle_timeout(
 def _slot_freed(lane: LaneState) -> None:
     """A job or a flush ended and gave its slot back: refill it, wake who waits for room/idle."""
     if lane.inbox or lane.returning or lane.queues:
-        refill(lane)
+        _fill(lane)
     elif lane.room_waiters:
         lane.notify_room()
     rt = lane.runtime
@@ -552,7 +570,7 @@ def give_back_slot(lane: LaneState) -> None:
     """The running job sleeps: its slot goes to what waits for one."""
     lane.busy -= 1
     if lane.inbox or lane.returning or lane.queues:
-        refill(lane)
+        _fill(lane)
 
 
 def retake_slot(lane: LaneState) -> None:

@@ -805,7 +805,11 @@ def test_the_look_after_max_backoffs_tells_a_starved_loop_from_a_blocked_one() -
         bridge.run_soon(compute())
         assert entered.wait(5)
         try:
-            assert not _admission._waits_on_its_own(rt)
+            # A look watches the CPU clock for one 0.5 ms back-off; on a machine whose cores
+            # are all taken by other processes the loop may get none in that window. Most of
+            # five looks must see it compute.
+            looks = [_admission._waits_on_its_own(rt) for _ in range(5)]
+            assert looks.count(False) >= 3, looks
         finally:
             release.set()
         assert bridge.drain(5)
