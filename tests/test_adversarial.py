@@ -320,12 +320,10 @@ def run_case(case: Case) -> Outcome:
     return Outcome(verdict, logs, warns, problems, proc.returncode, out, errtext, hung, seconds)
 
 
-@pytest.fixture(scope="module")
-def _prefetched(
-    request: pytest.FixtureRequest,
+def prefetch_cases(
+    request: pytest.FixtureRequest, module: object
 ) -> Iterator[dict[str, concurrent.futures.Future[Outcome]]]:
-    """Start the child programs of every selected test of this module, a few at a time."""
-    module = sys.modules[__name__]
+    """Start the child programs of every selected test of ``module``, a few at a time."""
     names = [
         item.name
         for item in request.session.items
@@ -337,6 +335,14 @@ def _prefetched(
         yield futures
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(scope="module")
+def _prefetched(
+    request: pytest.FixtureRequest,
+) -> Iterator[dict[str, concurrent.futures.Future[Outcome]]]:
+    """Start the child programs of every selected test of this module, a few at a time."""
+    yield from prefetch_cases(request, sys.modules[__name__])
 
 
 @pytest.fixture

@@ -57,18 +57,7 @@ def _prefetched(
     request: pytest.FixtureRequest,
 ) -> Iterator[dict[str, concurrent.futures.Future[Outcome]]]:
     """Start the child programs of every selected test of this module, a few at a time."""
-    module = sys.modules[__name__]
-    names = [
-        item.name
-        for item in request.session.items
-        if getattr(item, "module", None) is module and item.name in adv.CASES
-    ]
-    pool = concurrent.futures.ThreadPoolExecutor(adv.PARALLEL, thread_name_prefix="eager")
-    futures = {name: pool.submit(adv.run_case, adv.CASES[name]) for name in names}
-    try:
-        yield futures
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    yield from adv.prefetch_cases(request, sys.modules[__name__])
 
 
 # ---------------------------------------------------------------------------------------------
