@@ -92,24 +92,19 @@ def _waits_on_its_own(rt: Runtime) -> bool:
     thread = rt.thread
     ident = None if thread is None else thread.ident
     frame = None if ident is None else sys._current_frames().get(ident)
-    if frame is None:
-        time.sleep(BACKOFF)
-        return False
-    filename = frame.f_code.co_filename
+    in_loop_code = frame is None or frame.f_code.co_filename.startswith(_LOOP_PLACES)
     del frame
-    if filename.startswith(_LOOP_PLACES):
-        time.sleep(BACKOFF)
-        return False
-    try:
-        if _thread_cpu_clock is None:
-            raise OSError("no per-thread CPU clock")
-        clock = _thread_cpu_clock(ident)
-        before = _clock_gettime(clock)
-    except OSError:  # no per-thread CPU clock here: trust the frame alone
-        time.sleep(BACKOFF)
-        return True
+    clock = None
+    if not in_loop_code and _thread_cpu_clock is not None:
+        try:
+            clock = _thread_cpu_clock(ident)
+            before = _clock_gettime(clock)
+        except OSError:  # no per-thread CPU clock here: the frame alone decides
+            clock = None
     time.sleep(BACKOFF)  # the back-off, and the time the clock is watched
-    return _clock_gettime(clock) - before < BACKOFF / 10
+    if in_loop_code:
+        return False
+    return clock is None or _clock_gettime(clock) - before < BACKOFF / 10
 
 
 def make_room(lane: LaneState, coro: Coroutine[Any, Any, Any], *, raise_full: bool = False) -> bool:

@@ -56,7 +56,8 @@ _CHUNK = 128
 _Task = asyncio.Task
 _BASE_CREATE_TASK = asyncio.BaseEventLoop.create_task
 # Eager task start (Python 3.12+): a task's first step runs when it is made.
-_EAGER_START: dict[str, Any] = {"eager_start": True} if sys.version_info >= (3, 12) else {}
+_EAGER = sys.version_info >= (3, 12)
+_EAGER_START: dict[str, Any] = {"eager_start": True} if _EAGER else {}
 _current_task = asyncio.current_task
 _monotonic = time.monotonic
 
@@ -176,7 +177,9 @@ def start_waiting(lane: LaneState) -> None:
         lane.notify_room()
 
 
-def _start_each(lane: LaneState, batch: collections.deque[Item], loop: Any) -> None:
+def _start_each(
+    lane: LaneState, batch: collections.deque[Item], loop: asyncio.AbstractEventLoop
+) -> None:
     """Make a task for each item of ``batch`` (taken from the inbox), oldest first."""
     rt = lane.runtime
     # Tasks are made directly, without loop.create_task's Python frame around the same call
@@ -184,6 +187,8 @@ def _start_each(lane: LaneState, batch: collections.deque[Item], loop: Any) -> N
     # instead). On Python 3.12+ each starts eagerly: its first step runs here, and a job that
     # ends before its first real wait never touches the loop's queue.
     direct = loop.get_task_factory() is None and type(loop).create_task is _BASE_CREATE_TASK
+    # A job started eagerly registered itself in its first step (see _register_self).
+    registered = direct and _EAGER
     tasks = rt.tasks
     lane_of = None if lane is rt else rt.lane_of
     timeout = lane.options.task_timeout
@@ -209,9 +214,10 @@ def _start_each(lane: LaneState, batch: collections.deque[Item], loop: Any) -> N
         if task.done():  # started eagerly, it ended in its first step and counted itself
             continue
         slot.append(task)
-        tasks[task] = coro
-        if lane_of is not None:
-            lane_of[task] = lane
+        if not registered:
+            tasks[task] = coro
+            if lane_of is not None:
+                lane_of[task] = lane
         if future is not None:
             future._task = task
             if future._cancel_requested:  # cancel() ran before the task existed
@@ -277,7 +283,7 @@ async def _job(
     SystemExit and KeyboardInterrupt too, which asyncio would otherwise let out of the loop.
     """
     rt = lane.runtime
-    task = slot[0] if slot else _own_task(lane, coro, slot)
+    task = slot[0] if slot else _register_self(lane, coro)
     handle = None
     timing = None if rt.timing is None else rt.timing.of(lane)
     began = 0.0 if timing is None else _monotonic()
@@ -341,14 +347,9 @@ def _settle_future(
         logger.exception("asyncbridge: a done callback of a submit() future raised")
 
 
-def _own_task(
-    lane: LaneState, coro: Coroutine[Any, Any, Any], slot: list[asyncio.Task[Any]]
-) -> asyncio.Task[Any]:
-    """The running job's task. One started eagerly (its slot still empty: whoever made it
-    registers it only once this first step returns) registers itself, so that shutdown,
-    ``current_lane()`` and its own end find it."""
-    if slot:
-        return slot[0]
+def _register_self(lane: LaneState, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    """A job or flush in its first step with its slot still empty: it was started eagerly, and
+    registers its own task, so that shutdown, ``current_lane()`` and its own end find it."""
     task = _current_task()
     assert task is not None
     rt = lane.runtime
@@ -507,13 +508,18 @@ def options_changed(lanes: list[LaneState]) -> None:
     loop starts what a higher ``max_concurrency`` now lets run, in each of ``lanes``."""
     for lane in lanes:
         lane.notify_room()
-        loop = lane.runtime.loop
-        if loop is None:
-            continue
-        try:
-            loop.call_soon_threadsafe(start_waiting, lane)
-        except RuntimeError:  # the loop closed under us
-            return
+    loop = lanes[0].runtime.loop if lanes else None
+    if loop is None:
+        return
+    try:
+        loop.call_soon_threadsafe(_start_all, lanes)  # one wake-up for them all
+    except RuntimeError:  # the loop closed under us
+        pass
+
+
+def _start_all(lanes: list[LaneState]) -> None:
+    for lane in lanes:
+        start_waiting(lane)
 
 
 def apply_options(lane: LaneState, bridge_options: Any) -> None:
@@ -683,7 +689,7 @@ async def _batch_job(
 ) -> None:
     """A flush, counting its outcome for each of its ``units`` items; see :func:`_job`."""
     rt = lane.runtime
-    task = _own_task(lane, coro, slot)
+    task = slot[0] if slot else _register_self(lane, coro)
     handle = None
     if limit is not None:
         handle = rt.loop.call_later(limit, expire, rt, task)  # type: ignore[union-attr]
