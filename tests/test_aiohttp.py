@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import threading
 import warnings
@@ -12,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 import asyncbridge.aiohttp as ab_aiohttp
 from asyncbridge import AsyncBridgeError, Bridge, Stats
@@ -239,6 +241,87 @@ def test_unclosed_warning_detector_sees_a_leaked_session() -> None:
 
 def test_post_json_returns_the_decoded_json_answer(sink: Sink, bridge: Bridge) -> None:
     assert bridge.run(ab_aiohttp.post_json(sink.url, {"id": 1}), timeout=10) == {"ok": True}
+
+
+async def _streamed_json(request: web.Request) -> web.StreamResponse:
+    # The body comes in two writes 50 ms apart: it is not all in when the headers are.
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    await response.write(b'{"ok": ')
+    await asyncio.sleep(0.05)
+    await response.write(b"true}")
+    await response.write_eof()
+    return response
+
+
+def _answer(body: bytes, content_type: str) -> Any:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    return handler
+
+
+_ANSWERS: dict[str, tuple[bytes, str]] = {
+    "/utf16": ('{"name": "café"}'.encode("utf-16"), "application/json; charset=utf-16"),
+    "/unknown-charset": ('{"name": "café"}'.encode(), "application/json; charset=no-such"),
+    "/problem": (b'{"title": "slow down"}', "application/problem+json"),
+    "/empty": (b"", "application/json"),
+    "/blank": (b"  \n", "application/json"),
+    "/text": ("café".encode("latin-1"), "text/plain; charset=latin-1"),
+    "/bad": (b'{"ok": ', "application/json"),
+}
+
+
+@pytest.fixture
+def answers() -> Iterator[Sink]:
+    """A sink with more answers than /notify's: see _ANSWERS and /streamed."""
+    s = Sink()
+    s.routes.append(("POST", "/streamed", _streamed_json))
+    for path, (body, content_type) in _ANSWERS.items():
+        s.routes.append(("POST", path, _answer(body, content_type)))
+    with s:
+        yield s
+
+
+@pytest.mark.parametrize(
+    ("path", "decoded"),
+    [
+        ("/streamed", {"ok": True}),
+        ("/utf16", {"name": "café"}),
+        ("/unknown-charset", {"name": "café"}),
+        ("/problem", {"title": "slow down"}),
+        ("/empty", None),
+        ("/blank", None),
+        ("/text", "café"),
+    ],
+)
+def test_post_json_decodes_every_kind_of_answer(
+    answers: Sink, bridge: Bridge, path: str, decoded: Any
+) -> None:
+    url = f"http://127.0.0.1:{answers.port}{path}"
+    assert bridge.run(ab_aiohttp.post_json(url, {"id": 1}), timeout=10) == decoded
+
+
+def test_post_json_answers_the_same_as_aiohttp_json_does(answers: Sink, bridge: Bridge) -> None:
+    async def both(path: str) -> tuple[Any, Any]:
+        url = f"http://127.0.0.1:{answers.port}{path}"
+        async with ab_aiohttp.session().post(url, json={}) as response:
+            theirs = await response.json(content_type=None)
+        return await ab_aiohttp.post_json(url, {}), theirs
+
+    for path in ("/streamed", "/utf16", "/problem", "/empty", "/blank"):
+        ours, theirs = bridge.run(both(path), timeout=10)
+        assert ours == theirs, path
+
+
+def test_post_json_raises_on_a_json_answer_that_does_not_parse(
+    answers: Sink, bridge: Bridge
+) -> None:
+    url = f"http://127.0.0.1:{answers.port}/bad"
+    exc = bridge.submit(ab_aiohttp.post_json(url, {"id": 1})).exception(10)
+    assert isinstance(exc, json.JSONDecodeError)
+    # The connection went back to the pool clean: the next POST on it works.
+    assert bridge.run(ab_aiohttp.post_json(answers.url, {"id": 2}), timeout=10) == {"ok": True}
 
 
 @pytest.mark.parametrize("status", [404, 500])

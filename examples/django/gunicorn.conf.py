@@ -1,16 +1,13 @@
 """gunicorn settings for the Django example: ``gunicorn -c gunicorn.conf.py``.
 
-The two asyncbridge hooks give each worker its own loop and drain it when the worker exits.
+The asyncbridge hooks give each worker its own loop and drain it when the worker exits.
 """
 
 from __future__ import annotations
 
 import os
 
-from asyncbridge.gunicorn import post_fork, worker_exit  # noqa: F401  (gunicorn reads them)
-
-# With gevent workers, or to keep SIGINT/SIGQUIT exits quick, import post_worker_init,
-# worker_int and worker_abort as well: see gunicorn.conf.example.py at the repository root.
+from asyncbridge.gunicorn import *  # noqa: F403  (every hook: gunicorn reads them)
 
 wsgi_app = "djangoexample.wsgi:application"
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")

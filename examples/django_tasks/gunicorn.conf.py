@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from asyncbridge.gunicorn import post_fork, post_worker_init, worker_abort, worker_exit, worker_int  # noqa: F401
+from asyncbridge.gunicorn import *  # noqa: F403  (every hook: gunicorn reads them)
 
 wsgi_app = "shop.wsgi:application"
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")

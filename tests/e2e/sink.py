@@ -14,7 +14,7 @@ import asyncio
 import collections
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -49,6 +49,10 @@ class Sink:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self.port = 0
+        # More (method, path, handler) routes, added when the sink starts.
+        self.routes: list[
+            tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
+        ] = []
 
     @property
     def url(self) -> str:
@@ -121,6 +125,8 @@ class Sink:
         app = web.Application()
         app.router.add_post("/notify", self._notify)
         app.router.add_get("/count", self._count)
+        for method, path, handler in self.routes:
+            app.router.add_route(method, path, handler)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, "127.0.0.1", self.port)
