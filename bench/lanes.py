@@ -150,7 +150,7 @@ print(json.dumps(result), flush=True)
 
 
 _CONF = """\
-from asyncbridge.gunicorn import post_fork, post_worker_init, worker_abort, worker_exit, worker_int
+from asyncbridge.gunicorn import *
 bind = "127.0.0.1:{port}"
 workers = 2
 worker_class = "gthread"

@@ -37,10 +37,4 @@ if os.environ.get("SEED_MODE") in ("asyncbridge", "lean", "batched"):  # seed_ap
     # gunicorn.conf.example.py); ASYNCBRIDGE_MAX_CONCURRENCY=500 in raw_env would do the same.
     asyncbridge.configure(max_concurrency=500, drain_timeout=20.0)
 
-    from asyncbridge.gunicorn import (  # noqa: F401
-        post_fork,
-        post_worker_init,
-        worker_abort,
-        worker_exit,
-        worker_int,
-    )
+    from asyncbridge.gunicorn import *  # noqa: F403  (every hook, as gunicorn.conf.example.py)
