@@ -151,24 +151,24 @@ async def _body(response: aiohttp.ClientResponse) -> bytes:
 
     ``response.read()`` and ``response.json()`` cost their awaits and a second parse of the
     Content-Type even then: with them a POST cost the loop about 8% more on this project's
-    benchmark machine, 30-40 us (docs/performance.md).
+    benchmark machine, 30-40 us (docs/performance.md). A session with ``trace_configs`` still
+    goes through ``read()``, which sends their ``on_response_chunk_received``.
     """
     content = response.content
-    if content.is_eof() and content.exception() is None:
-        return content.read_nowait()
+    if content.is_eof() and content.exception() is None and not session().trace_configs:
+        # Kept where read() keeps it: get_encoding() hands it to a fallback_charset_resolver.
+        response._body = body = content.read_nowait()
+        return body
     return await response.read()
 
 
 def _decode_json(response: aiohttp.ClientResponse, body: bytes) -> Any:
-    """Decode a JSON answer as ``response.json()`` does: an empty one is None; a ``charset``
-    parameter is honoured; without one (or with one Python does not know), json.loads detects
-    UTF-8, -16 or -32 from the bytes (RFC 8259)."""
-    if not body.strip():
+    """Decode a JSON answer step for step as ``response.json()`` does: an empty one is None; the
+    stripped bytes are decoded strictly with ``response.get_encoding()`` (a ``charset`` Python
+    knows, else UTF-8 for application/json, else the session's fallback_charset_resolver), then
+    parsed. Not json.loads(bytes): it guesses UTF-16/32 and a BOM and lets surrogates through,
+    so it decodes answers that json() refuses."""
+    stripped = body.strip()
+    if not stripped:
         return None
-    charset = response.charset
-    if charset:
-        try:
-            return json.loads(body.decode(charset))
-        except LookupError:
-            pass
-    return json.loads(body)
+    return json.loads(stripped.decode(response.get_encoding()))
