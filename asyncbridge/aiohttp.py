@@ -14,7 +14,6 @@ no "Unclosed client session" warning ever appears.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import weakref
 from typing import Any
@@ -142,33 +141,7 @@ async def post_json(url: str, payload: Any, **kwargs: Any) -> Any:
         response.raise_for_status()
         content_type = response.content_type
         if content_type == "application/json" or content_type.endswith("+json"):
-            return _decode_json(response, await _body(response))
+            # content_type=None: aiohttp's own check takes application/... types only, and the
+            # docstring promises any +json type (model/gltf+json too).
+            return await response.json(content_type=None)
         return await response.text()
-
-
-async def _body(response: aiohttp.ClientResponse) -> bytes:
-    """The answer's body: taken at once when it is all in (a short answer comes with its headers).
-
-    ``response.read()`` and ``response.json()`` cost their awaits and a second parse of the
-    Content-Type even then: with them a POST cost the loop about 8% more on this project's
-    benchmark machine, 30-40 us (docs/performance.md). A session with ``trace_configs`` still
-    goes through ``read()``, which sends their ``on_response_chunk_received``.
-    """
-    content = response.content
-    if content.is_eof() and content.exception() is None and not session().trace_configs:
-        # Kept where read() keeps it: get_encoding() hands it to a fallback_charset_resolver.
-        response._body = body = content.read_nowait()
-        return body
-    return await response.read()
-
-
-def _decode_json(response: aiohttp.ClientResponse, body: bytes) -> Any:
-    """Decode a JSON answer step for step as ``response.json()`` does: an empty one is None; the
-    stripped bytes are decoded strictly with ``response.get_encoding()`` (a ``charset`` Python
-    knows, else UTF-8 for application/json, else the session's fallback_charset_resolver), then
-    parsed. Not json.loads(bytes): it guesses UTF-16/32 and a BOM and lets surrogates through,
-    so it decodes answers that json() refuses."""
-    stripped = body.strip()
-    if not stripped:
-        return None
-    return json.loads(stripped.decode(response.get_encoding()))
