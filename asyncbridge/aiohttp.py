@@ -14,6 +14,7 @@ no "Unclosed client session" warning ever appears.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import weakref
 from typing import Any
@@ -132,16 +133,44 @@ async def post_json(url: str, payload: Any, **kwargs: Any) -> Any:
         aiohttp.ClientResponseError: The server answered with a 4xx or 5xx status.
         aiohttp.ClientError: The request failed (connection refused, timeout...).
     """
+    shared = session()
     if isinstance(payload, bytes | bytearray):
         headers = {"Content-Type": "application/json", **kwargs.pop("headers", {})}
-        request = session().post(url, data=bytes(payload), headers=headers, **kwargs)
+        request = shared.post(url, data=bytes(payload), headers=headers, **kwargs)
     else:
-        request = session().post(url, json=payload, **kwargs)
+        request = shared.post(url, json=payload, **kwargs)
     async with request as response:
         response.raise_for_status()
         content_type = response.content_type
         if content_type == "application/json" or content_type.endswith("+json"):
-            # content_type=None: aiohttp's own check takes application/... types only, and the
-            # docstring promises any +json type (model/gltf+json too).
-            return await response.json(content_type=None)
+            # Any +json type, as documented (response.json() takes application/... types only).
+            return _decode_json(response, await _body(response, bool(shared.trace_configs)))
         return await response.text()
+
+
+async def _body(response: aiohttp.ClientResponse, traced: bool) -> bytes:
+    """The answer's body: taken at once when it is all in (a short answer comes with its headers).
+
+    ``response.read()`` costs its awaits even then, on every notification: in the seed
+    scenario's gunicorn workers the loop spent 25-50 us more per notification with it
+    (docs/performance.md, "On a quiet machine"). A session with ``trace_configs`` (``traced``)
+    still goes through ``read()``, which sends their ``on_response_chunk_received``.
+    """
+    content = response.content
+    if not traced and content.is_eof() and content.exception() is None:
+        # Kept where read() keeps it: get_encoding() hands it to a fallback_charset_resolver.
+        response._body = body = content.read_nowait()
+        return body
+    return await response.read()
+
+
+def _decode_json(response: aiohttp.ClientResponse, body: bytes) -> Any:
+    """Decode a JSON answer step for step as ``response.json()`` does: an empty one is None; the
+    stripped bytes are decoded strictly with ``response.get_encoding()`` (a ``charset`` Python
+    knows, else UTF-8 for application/json, else the session's fallback_charset_resolver), then
+    parsed. Not json.loads(bytes): it guesses UTF-16/32 and a BOM and lets surrogates through,
+    so it decodes answers that json() refuses."""
+    stripped = body.strip()
+    if not stripped:
+        return None
+    return json.loads(stripped.decode(response.get_encoding()))
