@@ -87,3 +87,14 @@ __all__ = [
     "sleeper",
     "wait_child",
 ]
+
+
+def aiohttp_defaults() -> Iterator[None]:
+    """For an autouse fixture: the test starts and ends with asyncbridge.aiohttp's default
+    settings, and no session of it is left open."""
+    import asyncbridge.aiohttp as ab_aiohttp
+
+    ab_aiohttp.configure()
+    yield
+    ab_aiohttp.configure()
+    assert [s for s, _ in list(ab_aiohttp._sessions.values()) if not s.closed] == []

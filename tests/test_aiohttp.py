@@ -19,20 +19,14 @@ import asyncbridge.aiohttp as ab_aiohttp
 from asyncbridge import AsyncBridgeError, Bridge, Stats
 
 from .e2e.sink import Sink
-from .helpers import wait_child
+from .helpers import aiohttp_defaults, wait_child
 
 
 def _outcomes(s: Stats) -> tuple[int, int, int, int, int, int, int]:
     return (s.accepted, s.completed, s.failed, s.timed_out, s.cancelled, s.pending, s.running)
 
 
-@pytest.fixture(autouse=True)
-def _default_settings() -> Iterator[None]:
-    """Every test starts and ends with the module's default settings and no session left open."""
-    ab_aiohttp.configure()
-    yield
-    ab_aiohttp.configure()
-    assert [s for s, _ in list(ab_aiohttp._sessions.values()) if not s.closed] == []
+_default_settings = pytest.fixture(autouse=True)(aiohttp_defaults)
 
 
 _KEPT: list[Bridge] = []

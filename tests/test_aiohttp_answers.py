@@ -33,6 +33,7 @@ import asyncbridge.aiohttp as ab_aiohttp
 from asyncbridge import Bridge
 
 from .e2e.sink import Sink, wait_until
+from .helpers import aiohttp_defaults
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,13 +68,7 @@ async def _outcome(call: Awaitable[Any]) -> Outcome:
         return ("raises", type(exc))
 
 
-@pytest.fixture(autouse=True)
-def _default_settings() -> Iterator[None]:
-    """Every test starts and ends with the default settings and no session left open."""
-    ab_aiohttp.configure()
-    yield
-    ab_aiohttp.configure()
-    assert [s for s, _ in list(ab_aiohttp._sessions.values()) if not s.closed] == []
+_default_settings = pytest.fixture(autouse=True)(aiohttp_defaults)
 
 
 @pytest.fixture
