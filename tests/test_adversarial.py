@@ -2497,38 +2497,33 @@ def test_configure_from_a_signal_handler_that_interrupted_configure_loses_no_upd
     b.run_soon(quick())
     b.drain(2)
 
-    # The handler raises only while armed. Each except clause disarms it with a plain store,
-    # which no signal can interrupt (there is no call before it), so the test's own bookkeeping
-    # is never hit: a KeyboardInterrupt escaping it would end the interpreter with the timer
-    # still running, and SIGALRM would kill the child (rc -14) with no verdict.
+    # The handler raises only while armed, and disarms itself as it raises: one interrupt per
+    # arming. Only the try body arms it, and it disarms itself before the loop's own code, so
+    # no interrupt lands in the test's bookkeeping. (An earlier layout also armed the loop's
+    # condition inside an outer try; on 3.13 under load an interrupt there escaped once, the
+    # timer kept running and SIGALRM killed the child, rc -14, with no verdict.)
     armed = [False]
 
     def handler(signum, frame):
         if armed[0]:
+            armed[0] = False
             raise KeyboardInterrupt  # what Python's own SIGINT handler does, at any bytecode
 
     signal.signal(signal.SIGALRM, handler)
     interrupted = 0
     end = time.monotonic() + 1.0
     signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
-    while True:
+    while time.monotonic() < end:
         try:
             armed[0] = True
-            while time.monotonic() < end:
-                try:
-                    armed[0] = True
-                    b.run_soon(quick())
-                    time.sleep(0.0001)  # a modest rate: each hand-off wakes the loop
-                except KeyboardInterrupt:
-                    armed[0] = False
-                    interrupted += 1
+            b.run_soon(quick())
+            time.sleep(0.0001)  # a modest rate: each hand-off wakes the loop
             armed[0] = False
-            signal.setitimer(signal.ITIMER_REAL, 0, 0)
-            signal.signal(signal.SIGALRM, signal.SIG_IGN)
-            break
         except KeyboardInterrupt:
             armed[0] = False
             interrupted += 1
+    signal.setitimer(signal.ITIMER_REAL, 0, 0)
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)
     ran = threading.Event()
 
     async def probe():
