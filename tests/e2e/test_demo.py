@@ -403,6 +403,20 @@ def _booted(output: str) -> list[int]:
     return [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", output)]
 
 
+def _catches(pid: int, signum: int) -> bool:
+    """Has process ``pid`` a handler for ``signum`` (its SigCgt mask in /proc)?
+
+    gunicorn logs "Booting worker" before the worker installs its signal handlers: a SIGQUIT
+    that comes in between ends it by the default action, with no hook and no report.
+    """
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M)
+    return mask is not None and bool(int(mask.group(1), 16) >> (signum - 1) & 1)
+
+
 def test_summary_says_why_requests_failed(tmp_path: Path) -> None:
     # A backlog of 3 and a hub that holds each push 4 s: of 10 hits sent at once, the first 3
     # are accepted and 7 refused (answered 202 with queued=false).
@@ -441,6 +455,8 @@ def test_summary_flags_a_worker_that_logged_no_report(tmp_path: Path) -> None:
         os.kill(first, signal.SIGKILL)  # nothing runs: no drain, no report
         assert wait_until(lambda: len(_booted(server.output())) == 3, timeout=30)
         replacement = _booted(server.output())[2]
+        # gunicorn's SIGINT sends the workers SIGQUIT: wait until the replacement handles it.
+        assert wait_until(lambda: _catches(replacement, signal.SIGQUIT), timeout=30)
         server.signal(signal.SIGINT)
         assert server.wait(45) == 1
         output = server.output()
