@@ -14,10 +14,10 @@ Python, 3.11, then ``nox --no-error-on-missing-interpreters``:
 - 3.12 runs the core suite only: between 3.11 and 3.13 it finds what the core suite finds. It
   stays in the matrix although the core's one version branch (eager task start, 3.12+) takes
   the same path on 3.12 and 3.13: the classifiers declare 3.12, so a suite must run on it, and
-  with uv making the venv and xdist processes the core suite costs about 90 s.
+  with uv making the venv and two xdist processes the core suite costs about 90 s.
 
 Each session's venv is made with uv when nox finds it (the dev group installs it), else with
-``venv`` and pip; pytest runs in three pytest-xdist processes (``PYTEST_WORKERS``
+``venv`` and pip; pytest runs in two pytest-xdist processes (``PYTEST_WORKERS``
 changes the number, ``0`` runs in one process), as in ``scripts/test``.
 
 An interpreter that cannot be found is skipped with nox's "Missing interpreters" message.
@@ -65,7 +65,7 @@ E2E_SUBSET = (
 # Two pytest-xdist workers, one test file each at a time (module fixtures stay in one process),
 # as scripts/test runs the default Python's suite. ``nox -- -n 0`` runs in one process. (Not an
 # ASYNCBRIDGE_ variable: the tests' processes inherit it, and asyncbridge warns of unknown ones.)
-WORKERS = ("-n", os.environ.get("PYTEST_WORKERS", "3"), "--dist", "loadfile")
+WORKERS = ("-n", os.environ.get("PYTEST_WORKERS", "2"), "--dist", "loadfile")
 
 nox.options.sessions = [f"tests-{version}" for version in PYTHONS]
 # Find interpreters on this machine only; never download one.
