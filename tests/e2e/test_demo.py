@@ -357,11 +357,11 @@ def test_hub_counts_an_event_whose_sender_left_as_abandoned_not_received(tmp_pat
 
 
 def test_demo_counts_pushes_cancelled_at_the_drain_deadline_as_abandoned(tmp_path: Path) -> None:
-    # The hub holds each push 4 s; the worker's drain deadline is 1 s, so its drain cancels the
+    # The hub holds each push 10 s; the worker's drain deadline is 1 s, so its drain cancels the
     # 5 pushes in flight and closes their connections. The hub answers them later, to no one.
     secret = _secret()
     server, hub_port, app_port = _start_demo(
-        tmp_path, secret, "--workers", "1", "--hub-delay", "4", ASYNCBRIDGE_DRAIN_TIMEOUT="1"
+        tmp_path, secret, "--workers", "1", "--hub-delay", "10", ASYNCBRIDGE_DRAIN_TIMEOUT="1"
     )
     try:
         _track(server, hub_port, app_port, "/late", 5)

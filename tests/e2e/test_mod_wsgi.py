@@ -220,11 +220,15 @@ def test_recycling_graceful_restart_and_stop_with_work_in_flight_lose_nothing(
         # main thread, before mod_wsgi joins its request threads.
         assert "mod_wsgi.py:__call__" in w["stack"], w["stack"]
         assert 0 < w["deadline"] <= DRAIN
-    # Recycled by maximum-requests: the whole drain_timeout fits in shutdown-timeout - 1.5.
-    # (A daemon winding down after maximum-requests, serving on for up to graceful-timeout,
-    # keeps that reason when the graceful restart then stops it.)
-    recycled = [w for w in workers.values() if w["deadline"] == DRAIN]
+    # Recycled by maximum-requests: the whole drain_timeout fits in shutdown-timeout - 1.5,
+    # less the time spent waiting for requests still running (at most half of it; a request
+    # holds 20 ms, longer on a loaded machine). (A daemon winding down after maximum-requests,
+    # serving on for up to graceful-timeout, keeps that reason when the graceful restart then
+    # stops it.)
+    recycled = [w for w in workers.values() if w["deadline"] > STOP_DEADLINE]
     assert len(recycled) >= 2
+    assert all(DRAIN / 2 <= w["deadline"] <= DRAIN for w in recycled), workers
+    assert any(w["deadline"] == DRAIN for w in recycled), workers
     assert log.count("mod_wsgi is stopping this process (maximum_requests)") == len(recycled)
     # Stopped by Apache with the burst in flight: 3 s before SIGKILL, so 1.5 s of drain.
     assert {workers[pid]["deadline"] for pid in burst} == {STOP_DEADLINE}
