@@ -446,12 +446,23 @@ class Bridge:
                 "drain() from the bridge loop thread would deadlock; await instead"
             )
         wait = timeout_arg("drain", timeout)
-        idle = threading.Event()
-        try:
-            rt.loop.call_soon_threadsafe(when_idle, rt, idle.set)
-        except RuntimeError:
-            return _scheduler.is_idle(rt)
-        return idle.wait(wait) and _scheduler.is_idle(rt)
+        deadline = None if wait is None else time.monotonic() + wait
+        while True:
+            idle = threading.Event()
+            try:
+                rt.loop.call_soon_threadsafe(when_idle, rt, idle.set)
+            except RuntimeError:
+                return _scheduler.is_idle(rt)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not idle.wait(left):
+                return False
+            if _scheduler.is_idle(rt):
+                return True
+            # Work came in (another thread, another loop) between the loop finding itself idle
+            # and this check: wait again, in the time left. Only the end of a shutdown wakes
+            # the waiter with work still running.
+            if rt.closed or (deadline is not None and time.monotonic() >= deadline):
+                return False
 
     def shutdown(self, timeout: float | None = None, *, log: bool = True) -> ShutdownReport:
         """Close admission, drain until the deadline, cancel the rest, and stop the loop.
