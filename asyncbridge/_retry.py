@@ -199,6 +199,9 @@ async def _retrying(
         wake = _monotonic() + wait
         if wake > started + budget or not await _rest(lane, rt, wake, took):
             raise last
+        if _monotonic() > started + budget:
+            # the timer woke late, or the slot came back late: the budget is spent all the same
+            raise last
 
 
 async def _rest(lane: Any, rt: Any, wake: float, took: float) -> bool:

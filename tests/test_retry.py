@@ -245,6 +245,30 @@ def test_the_budget_stops_retries(
     assert (s.failed, s.retries) == (1, len(starts) - 1)
 
 
+def test_a_wait_that_ends_past_the_budget_starts_no_try(
+    bridge: asyncbridge.Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The wait is due inside the budget (0.05 s of 0.3 s), but the timer or the lane's slot comes
+    # back late, past it: the budget is spent, and the try that was due does not start.
+    monkeypatch.setattr(_retry, "_random", lambda: 1.0)
+    monkeypatch.setattr(_retry, "BASE", 0.05)
+    rest = _retry._rest
+
+    async def late_rest(lane: Any, rt: Any, wake: float, took: float) -> bool:
+        woke = await rest(lane, rt, wake, took)
+        await asyncio.sleep(0.4)  # as a loaded machine's late timer
+        return woke
+
+    monkeypatch.setattr(_retry, "_rest", late_rest)
+    hopeless = Flaky(10)
+    future = bridge.submit(asyncbridge.retrying(hopeless, attempts=10, budget=0.3))
+    with pytest.raises(ConnectionRefusedError):
+        future.result(10)
+    assert len(hopeless.calls) == 1
+    s = bridge.stats()
+    assert (s.failed, s.retries) == (1, 0)
+
+
 def test_a_retry_after_beyond_the_budget_fails_at_once(bridge: asyncbridge.Bridge) -> None:
     flaky = Flaky(1, exc=Unavailable(429, retry_after="60"))
     future = bridge.submit(asyncbridge.retrying(flaky, budget=5))
