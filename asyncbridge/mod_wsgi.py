@@ -60,6 +60,12 @@ _REQUESTS_SHARE = 0.5
 # mod_wsgi calls the shutdown callbacks before it waits for them, and work they hand over after
 # the drain closed admission would be refused ("closed").
 
+_QUIET = 0.1
+# How long no request must have been running before the drain closes admission. mod_wsgi lists a
+# request in ``active_requests`` only once Python runs it, and a request thread that checked the
+# stop flag just before the stop accepts its connection all the same: its request shows up a
+# moment after the callback began, and would hand its work over to a closed bridge.
+
 _lock = threading.Lock()
 _installed: weakref.WeakKeyDictionary[Bridge, _OnShutdown] = weakref.WeakKeyDictionary()
 
@@ -69,8 +75,9 @@ def install(bridge: Bridge | None = None, *, shutdown_timeout: float | None = No
 
     Registers a ``mod_wsgi.subscribe_shutdown`` callback. When mod_wsgi stops the process
     (``maximum-requests``, ``restart-interval``, ``inactivity-timeout``, a reload, Apache stopping
-    or restarting), the callback waits briefly for requests still running, then shuts the bridge
-    down with the deadline of :func:`exit_deadline`. Only the process that started the loop
+    or restarting), the callback waits for requests still running, until none has run for 0.1 s
+    (at most half the deadline), then shuts the bridge down with the deadline of
+    :func:`exit_deadline`, less that wait. Only the process that started the loop
     drains it, once; the interpreter's ``atexit`` fallback then finds it done. Works from any
     thread (mod_wsgi may load the WSGI script in a request thread). Calling it again for the same
     bridge changes nothing.
@@ -186,7 +193,8 @@ class _OnShutdown:
             return  # never used in this process (or a copy inherited through fork)
         reason = str(details.get("shutdown_reason", ""))
         deadline = exit_deadline(self.bridge.options.drain_timeout, self.shutdown_timeout, reason)
-        remaining = deadline - self._wait_for_requests(deadline * _REQUESTS_SHARE)
+        waited = self._wait_for_requests(deadline * _REQUESTS_SHARE)
+        remaining = max(0.0, math.floor((deadline - waited) * 1000) / 1000)  # to the ms, down
         _logger.info(
             "asyncbridge: mod_wsgi is stopping this process (%s); draining for at most %.3gs",
             reason or event,
@@ -195,13 +203,22 @@ class _OnShutdown:
         self.bridge.shutdown(remaining)
 
     def _wait_for_requests(self, budget: float) -> float:
-        """Wait up to ``budget`` seconds for requests still running; return the time spent."""
-        # mod_wsgi's dict of the requests in progress in this process (empty if it cannot tell).
+        """Wait up to ``budget`` seconds until no request has run for ``_QUIET`` seconds.
+
+        Returns the time spent.
+        """
+        # mod_wsgi's dict of the requests in progress in this process.
         active = getattr(self.mod_wsgi, "active_requests", None)
-        if not isinstance(active, dict) or not active:
-            return 0.0
-        started = time.monotonic()
+        if not isinstance(active, dict):
+            return 0.0  # it cannot tell: nothing to wait for
+        started = now = time.monotonic()
         until = started + budget
-        while active and time.monotonic() < until:
+        quiet_since = now
+        while now < until:
+            if active:
+                quiet_since = now
+            elif now - quiet_since >= _QUIET:
+                break
             time.sleep(0.01)
-        return min(budget, time.monotonic() - started)
+            now = time.monotonic()
+        return min(budget, now - started)

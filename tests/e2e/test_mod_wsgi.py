@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncbridge.mod_wsgi import APACHE_KILL_AFTER, EXIT_MARGIN
+from asyncbridge.mod_wsgi import _QUIET, APACHE_KILL_AFTER, EXIT_MARGIN
 
 from .apps.host_load import Load, reports, skip_unless_ready, summary, wait_reports
 from .procs import ROOT, Server, free_port, http_get, running
@@ -227,11 +227,15 @@ def test_recycling_graceful_restart_and_stop_with_work_in_flight_lose_nothing(
     # stops it.)
     recycled = [w for w in workers.values() if w["deadline"] > STOP_DEADLINE]
     assert len(recycled) >= 2
-    assert all(DRAIN / 2 <= w["deadline"] <= DRAIN for w in recycled), workers
-    assert any(w["deadline"] == DRAIN for w in recycled), workers
+    assert all(DRAIN / 2 <= w["deadline"] <= DRAIN - _QUIET for w in recycled), workers
+    # a daemon with no request running at its stop loses only the quiet wait (and its polling)
+    assert any(w["deadline"] >= DRAIN - _QUIET - 0.1 for w in recycled), workers
     assert log.count("mod_wsgi is stopping this process (maximum_requests)") == len(recycled)
     # Stopped by Apache with the burst in flight: 3 s before SIGKILL, so 1.5 s of drain.
-    assert {workers[pid]["deadline"] for pid in burst} == {STOP_DEADLINE}
+    # (the burst's requests were answered before the stop, so these waited only for _QUIET)
+    assert all(
+        STOP_DEADLINE / 2 <= workers[pid]["deadline"] <= STOP_DEADLINE - _QUIET for pid in burst
+    ), workers
     assert log.count("mod_wsgi is stopping this process (shutdown_signal)") >= len(burst)
     assert "Shutdown timeout expired" not in log  # no daemon was aborted mid-drain
     stopped_by_apache = [w for w in workers.values() if w["deadline"] < DRAIN]
@@ -286,7 +290,7 @@ def test_work_slower_than_shutdown_timeout_is_counted_only_with_install(
     aborted = log.count("Shutdown timeout expired")
     if installed:
         report = workers[pid]
-        assert report["deadline"] == 5 - EXIT_MARGIN
+        assert (5 - EXIT_MARGIN) / 2 <= report["deadline"] <= 5 - EXIT_MARGIN - _QUIET
         assert (report["accepted"], report["completed"], report["cancelled"]) == (9, 0, 9)
         assert "cancelled at the deadline: notify x9" in log
         assert aborted == 0

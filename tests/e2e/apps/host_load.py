@@ -113,7 +113,11 @@ class Load:
             ``lost`` (accepted minus received), ``workers``, ``retries``.
         """
         assert len(self.answers) == len({a["id"] for a in self.answers}), "duplicate answers"
-        assert all(a["accepted"] for a in self.answers), "a request was refused by the bridge"
+        refused = [a for a in self.answers if not a["accepted"]]
+        assert not refused, (
+            f"{len(refused)} request(s) refused by the bridge: {refused[:5]}; the reports of "
+            f"those processes: {[workers.get(int(a['pid'])) for a in refused[:2]]}"
+        )
         # Every process that answered a request drained and reported.
         assert self.pids <= set(workers), f"no report from {sorted(self.pids - set(workers))}"
         accepted = sum(int(w["accepted"]) for w in workers.values())
