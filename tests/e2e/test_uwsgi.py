@@ -121,15 +121,35 @@ def _worker_pids(log: str) -> set[int]:
 
 
 def _wait_idle(server: Server, notifications: int) -> None:
-    """Wait until uWSGI has logged every notify request: only then is each worker idle.
+    """Wait until uWSGI has logged every notify request and each worker waits for the next one.
 
-    A client has its response a moment before the worker finishes the request (logging it), and
-    uWSGI skips atexit in a worker that is still busy when a brutal stop arrives.
+    uWSGI skips atexit in a worker that is still busy when a brutal stop arrives. A client has
+    its response a moment before the worker logs the request, and the worker logs it a moment
+    before it marks itself idle (``in_request = 0`` in ``uwsgi_close_request``): only a worker
+    whose main thread sits in epoll_wait again is idle.
     """
     if not wait_until(lambda: server.output().count("GET /notify =>") >= notifications, 10):
         raise TimeoutError(
             f"uWSGI did not log {notifications} requests:\n{server.output()[-3000:]}"
         )
+    pids = _worker_pids(server.output())
+    if not wait_until(lambda: all(_waits_for_a_request(pid) for pid in pids), 10):
+        states = {pid: _wchan(pid) for pid in pids}
+        raise TimeoutError(f"a uWSGI worker stayed busy (main-thread wchan {states})")
+
+
+def _wchan(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/task/{pid}/wchan").read_text()
+    except OSError as exc:
+        return f"unreadable: {exc}"
+
+
+def _waits_for_a_request(pid: int) -> bool:
+    wchan = _wchan(pid)
+    if wchan in ("", "0") or wchan.startswith("unreadable"):
+        return True  # this kernel does not tell: the log line is the best there is
+    return wchan in ("do_epoll_wait", "ep_poll")
 
 
 def _wait_settled(
