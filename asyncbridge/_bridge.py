@@ -57,6 +57,13 @@ _BRIDGES: weakref.WeakSet[Bridge] = weakref.WeakSet()
 # deadline plus the shutdown margin still fits every wait primitive.
 _MAX_DEADLINE = MAX_WAIT / 4
 
+# drain() waits in slices this long, to notice a loop that went away without calling back.
+_DRAIN_SLICE = 0.05
+
+
+def _slice(deadline: float) -> float:
+    return min(_DRAIN_SLICE, max(0.0, deadline - time.monotonic()))
+
 
 def _interim(rt: Runtime, started: float, deadline_s: float) -> ShutdownReport:
     """A report for a caller that cannot wait for the shutdown in progress: true, not final."""
@@ -428,9 +435,14 @@ class Bridge:
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until nothing is pending or running, without closing the bridge.
 
+        Work that a shutdown in another thread cancels is no longer running either: when a
+        shutdown ends while this waits, True means nothing was left behind, not that all of it
+        finished (the shutdown's report tells which).
+
         Returns:
-            True when the bridge went idle; False when the timeout passed first, or when
-            shutdown ended with work still running.
+            True when the bridge is idle; False when the timeout passed first with work still
+            pending or running, or when a shutdown or the loop thread's death ended with work
+            still running.
 
         Raises:
             AsyncBridgeError: Called from the bridge loop thread.
@@ -447,22 +459,25 @@ class Bridge:
             )
         wait = timeout_arg("drain", timeout)
         deadline = None if wait is None else time.monotonic() + wait
-        while True:
+        while not rt.finished:
             idle = threading.Event()
             try:
                 rt.loop.call_soon_threadsafe(when_idle, rt, idle.set)
-            except RuntimeError:
-                return _scheduler.is_idle(rt)
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not idle.wait(left):
-                return False
+            except RuntimeError:  # the loop is closed
+                break
+            # In slices: a loop that stops (at the end of a shutdown, or as its thread dies)
+            # after taking the callback drops it with the loop, and never calls it.
+            while not idle.wait(_DRAIN_SLICE if deadline is None else _slice(deadline)):
+                if rt.finished or (deadline is not None and time.monotonic() >= deadline):
+                    return _scheduler.is_idle(rt)
             if _scheduler.is_idle(rt):
                 return True
             # Work came in (another thread, another loop) between the loop finding itself idle
-            # and this check: wait again, in the time left. Only the end of a shutdown wakes
-            # the waiter with work still running.
-            if rt.closed or (deadline is not None and time.monotonic() >= deadline):
+            # and this check, or a shutdown still running woke the waiters as it gave up on
+            # work: wait again, in the time left, until the loop is gone.
+            if deadline is not None and time.monotonic() >= deadline:
                 return False
+        return _scheduler.is_idle(rt)
 
     def shutdown(self, timeout: float | None = None, *, log: bool = True) -> ShutdownReport:
         """Close admission, drain until the deadline, cancel the rest, and stop the loop.

@@ -37,7 +37,10 @@ def timeout_arg(api: str, value: object) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{api}() timeout must be a number of seconds or None, got {brief(value)}")
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int too big for a float: as good as infinite
+        seconds = math.inf if value > 0 else -math.inf
     if math.isnan(seconds):
         raise ValueError(f"{api}() timeout must be a number of seconds or None, got nan")
     return clamp_wait(seconds)

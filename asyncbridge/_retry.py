@@ -233,6 +233,10 @@ async def _rest(lane: Any, rt: Any, wake: float, took: float) -> bool:
         raise
     if lane is not None:
         await _scheduler.take_slot_back(lane)
+        # A drain that began while this waited for the slot did not wake it: judge again. (The
+        # job ends holding its slot, and its end gives the slot back.)
+        if _too_late(rt, _monotonic(), took):
+            return False
     return True
 
 

@@ -107,6 +107,7 @@ def run_loop(rt: Runtime, owner: weakref.ref[Any]) -> None:
         if not rt.stopping:
             rt.dead = rt.closed = rt.finished = True
             sweep(rt)  # what waited can never start: count it cancelled, by name
+            _wake_idle_waiters(rt)  # drain() and shutdown() callers: nothing more will run
 
 
 def pull(lane: LaneState) -> None:

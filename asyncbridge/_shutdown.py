@@ -29,16 +29,17 @@ def drain_runtime(rt: Runtime, started: float, deadline_s: float) -> ShutdownRep
     deadline = started + deadline_s
     idle = threading.Event()
     cleaned = threading.Event()
-    if not thread.is_alive():  # the loop thread died (see run_loop): nothing to wait for
-        cleaned.set()
-    try:
-        loop.call_soon_threadsafe(when_idle, rt, idle.set)
-        idle.wait(max(0.0, deadline - time.monotonic()))
-        budget = SHUTDOWN_MARGIN * 0.8
-        loop.call_soon_threadsafe(_begin_cleanup, rt, cleaned, budget)
-    except RuntimeError:  # the loop is already closed (its thread died)
-        pass
-    cleaned.wait(max(0.0, deadline + SHUTDOWN_MARGIN * 0.9 - time.monotonic()))
+    if rt.dead or not thread.is_alive():  # the loop thread died (see run_loop)
+        cleaned.set()  # nothing to wait for: nothing more will run
+    else:
+        try:
+            loop.call_soon_threadsafe(when_idle, rt, idle.set)
+            _wait(idle, deadline, rt, thread)
+            budget = SHUTDOWN_MARGIN * 0.8
+            loop.call_soon_threadsafe(_begin_cleanup, rt, cleaned, budget)
+        except RuntimeError:  # the loop is already closed (its thread died)
+            cleaned.set()
+    _wait(cleaned, deadline + SHUTDOWN_MARGIN * 0.9, rt, thread)
     thread.join(max(0.0, deadline + SHUTDOWN_MARGIN - time.monotonic()))
     rt.finished = True
     sweep(rt)
@@ -57,6 +58,13 @@ def drain_runtime(rt: Runtime, started: float, deadline_s: float) -> ShutdownRep
         elapsed=time.monotonic() - started,
         timeout=deadline_s,
     )
+
+
+def _wait(event: threading.Event, until: float, rt: Runtime, thread: threading.Thread) -> None:
+    """Wait for ``event`` until ``until``, in slices: stop as soon as the loop thread dies."""
+    while not event.wait(min(0.1, max(0.0, until - time.monotonic()))):
+        if time.monotonic() >= until or rt.dead or not thread.is_alive():
+            return
 
 
 def _begin_cleanup(rt: Runtime, cleaned: threading.Event, budget: float) -> None:

@@ -278,6 +278,34 @@ def test_a_retry_after_beyond_the_budget_fails_at_once(bridge: asyncbridge.Bridg
     assert bridge.stats().retries == 0
 
 
+def test_a_retry_whose_slot_comes_back_too_late_for_the_drain_fails_with_its_own_error() -> None:
+    # The retry sleeps without its slot; a drain begins while it waits for the slot back, which
+    # comes back 1.1 s into a 1.5 s drain: a 0.6 s try cannot end in time, so none starts, and
+    # the job fails with its own exception, not cancelled at the deadline.
+    calls: list[float] = []
+    first = threading.Event()
+
+    async def slow_failing() -> None:
+        calls.append(time.monotonic())
+        first.set()
+        await asyncio.sleep(0.6)
+        raise Unavailable(503, retry_after="0.05")
+
+    with fresh_bridge() as bridge:
+        lane = bridge.lane("one-at-a-time", max_concurrency=1)
+        future = lane.submit(asyncbridge.retrying(slow_failing, attempts=5, budget=30))
+        assert first.wait(5)
+        time.sleep(0.65)  # the first try failed; the retry sleeps 0.05 s without its slot
+        assert lane.run_soon(asyncio.sleep(1.2))  # takes the slot first
+        time.sleep(0.1)  # the retry now waits for its slot back
+        report = bridge.shutdown(1.5, log=False)
+        with pytest.raises(Unavailable):
+            future.result(0)
+    assert len(calls) == 1
+    assert report.cancelled_names == ()
+    assert (report.stats.failed, report.stats.completed, report.stats.cancelled) == (1, 1, 0)
+
+
 def test_a_sleeping_retry_holds_no_slot_of_its_lane() -> None:
     order: list[str] = []
 

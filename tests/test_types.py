@@ -25,7 +25,11 @@ def report() -> dict[str, Any]:
     if not PYRIGHT.exists():
         pytest.skip(f"pyright is not installed next to {sys.executable}")
     # PYTHONPATH: pyright does not follow the editable install's .pth to the source tree.
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # PATH: pyright resolves imports (Django, RQ, Dramatiq: the adapters' base classes) with the
+    # first python on PATH; make it this interpreter (--pythonpath would follow the venv's
+    # symlink out of the venv).
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": path}
     argv = [str(PYRIGHT), "--outputjson", "--verifytypes", "asyncbridge", "--ignoreexternal"]
     try:
         done = subprocess.run(
