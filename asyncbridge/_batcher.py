@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar, cast
 
 from . import _admission, _scheduler
-from ._inputs import coroutine_name
+from ._inputs import as_float, coroutine_name, shown
 from ._lane import Lane
 from ._runtime import NOT_STARTED, LaneState
 
@@ -86,10 +86,12 @@ class BatchQueue(Generic[T]):
             _scheduler.start_waiting(self.lane)
 
     def _decide(self) -> bool:
-        """When is what waits flushed: now (size, or draining; True), or after ``max_delay``?"""
+        """When is what waits flushed: now (size, draining, or a drain() waiting; True), or after
+        ``max_delay``?"""
         if not self.items:
             return False
-        if len(self.items) >= self.max_size or self.lane.runtime.closed:
+        rt = self.lane.runtime
+        if len(self.items) >= self.max_size or rt.closed or rt.idle_waiters:
             self.armed = self.due = True
             return True
         if not self.armed:
@@ -211,8 +213,10 @@ class Batcher(Generic[T]):
             raise ValueError(f"max_size must be at least 1, got {max_size}")
         if isinstance(max_delay, bool) or not isinstance(max_delay, int | float):
             raise TypeError(f"max_delay must be a number of seconds, got {max_delay!r}")
-        if not math.isfinite(max_delay) or max_delay < 0:
-            raise ValueError(f"max_delay must be a finite number of seconds >= 0, got {max_delay}")
+        if not math.isfinite(as_float(max_delay)) or max_delay < 0:
+            raise ValueError(
+                f"max_delay must be a finite number of seconds >= 0, got {shown(max_delay)}"
+            )
         if not isinstance(lane, Lane):
             raise TypeError(f"lane must be a Lane, a lane's name or None, got {lane!r}")
         self._flush = flush
@@ -269,7 +273,9 @@ class Batcher(Generic[T]):
         ):
             return False
         items.append(item)
-        if not q.scheduled and (not q.armed or (len(items) >= q.max_size and not q.due)):
+        if not q.scheduled and (
+            not q.armed or ((len(items) >= q.max_size or rt.idle_waiters) and not q.due)
+        ):  # a drain() waiting wants it sent now, not after the timer
             q.scheduled = True
             try:
                 rt.loop.call_soon_threadsafe(q.pull)  # type: ignore[union-attr]

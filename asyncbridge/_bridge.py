@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import contextvars
 import logging
 import os
@@ -458,6 +459,10 @@ class Bridge:
                 "drain() from the bridge loop thread would deadlock; await instead"
             )
         wait = timeout_arg("drain", timeout)
+        if self._lifecycle_owner.get(rt.pid) is threading.current_thread():
+            # Re-entered by this very thread while it starts or shuts the bridge down (a signal
+            # handler that interrupted it): waiting would wait for ourselves.
+            return _scheduler.is_idle(rt)
         deadline = None if wait is None else time.monotonic() + wait
         while not rt.finished:
             idle = threading.Event()
@@ -465,11 +470,16 @@ class Bridge:
                 rt.loop.call_soon_threadsafe(when_idle, rt, idle.set)
             except RuntimeError:  # the loop is closed
                 break
-            # In slices: a loop that stops (at the end of a shutdown, or as its thread dies)
-            # after taking the callback drops it with the loop, and never calls it.
-            while not idle.wait(_DRAIN_SLICE if deadline is None else _slice(deadline)):
-                if rt.finished or (deadline is not None and time.monotonic() >= deadline):
-                    return _scheduler.is_idle(rt)
+            try:
+                # In slices: a loop that stops (at the end of a shutdown, or as its thread dies)
+                # after taking the callback drops it with the loop, and never calls it.
+                while not idle.wait(_DRAIN_SLICE if deadline is None else _slice(deadline)):
+                    if rt.finished or (deadline is not None and time.monotonic() >= deadline):
+                        return _scheduler.is_idle(rt)
+            finally:
+                if not idle.is_set():  # gave up (or interrupted): take the waiter back
+                    with contextlib.suppress(RuntimeError):
+                        rt.loop.call_soon_threadsafe(_scheduler.forget_idle_waiter, rt, idle.set)
             if _scheduler.is_idle(rt):
                 return True
             # Work came in (another thread, another loop) between the loop finding itself idle

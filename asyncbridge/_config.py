@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
+from ._inputs import as_float
 from ._inputs import shown as _brief
 
 __all__ = ["ENV_PREFIX", "OnFull", "Options", "options_from_env"]
@@ -79,7 +80,7 @@ def _seconds(
         raise TypeError(
             f"{name} must be a number of seconds, got {type(value).__name__} {_brief(value)}"
         )
-    seconds = float(value) + 0.0  # + 0.0 turns -0.0 into 0.0
+    seconds = as_float(value) + 0.0  # + 0.0 turns -0.0 into 0.0
     if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
         bound = "at least 0" if allow_zero else "greater than 0"
         raise ValueError(f"{name} must be a finite number of seconds {bound}, got {_brief(value)}")

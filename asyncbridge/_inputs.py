@@ -26,6 +26,14 @@ def clamp_wait(seconds: float) -> float:
     return 0.0 if seconds <= 0 else min(seconds, MAX_WAIT)
 
 
+def as_float(value: int | float) -> float:
+    """``float(value)``, with an int too big for a float as infinite (not ``OverflowError``)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def timeout_arg(api: str, value: object) -> float | None:
     """Check a ``timeout=`` argument given at call time: None, or seconds (inf means no limit).
 
@@ -37,10 +45,7 @@ def timeout_arg(api: str, value: object) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{api}() timeout must be a number of seconds or None, got {brief(value)}")
-    try:
-        seconds = float(value)
-    except OverflowError:  # an int too big for a float: as good as infinite
-        seconds = math.inf if value > 0 else -math.inf
+    seconds = as_float(value)
     if math.isnan(seconds):
         raise ValueError(f"{api}() timeout must be a number of seconds or None, got nan")
     return clamp_wait(seconds)

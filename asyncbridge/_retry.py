@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import Any, TypeVar, cast
 
 from . import _scheduler
-from ._inputs import coroutine_name
+from ._inputs import as_float, coroutine_name, shown
 
 __all__ = ["RETRY_STATUSES", "backoff", "retry_after", "retrying", "worth_retrying"]
 
@@ -151,8 +151,10 @@ def retrying(
         raise ValueError(f"attempts must be at least 1, got {attempts}")
     if isinstance(budget, bool) or not isinstance(budget, int | float):
         raise TypeError(f"budget must be a number of seconds, got {type(budget).__name__}")
-    if not math.isfinite(budget) or budget < 0:
-        raise ValueError(f"budget must be a finite number of seconds, at least 0, got {budget!r}")
+    if not math.isfinite(as_float(budget)) or budget < 0:
+        raise ValueError(
+            f"budget must be a finite number of seconds, at least 0, got {shown(budget)}"
+        )
     statuses = frozenset(retry_statuses)
 
     def default_test(exc: BaseException) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import sys
 import threading
 import time
@@ -436,6 +437,12 @@ def when_idle(rt: Runtime, callback: Callable[[], object]) -> None:
         callback()
     else:
         rt.idle_waiters.append(callback)
+
+
+def forget_idle_waiter(rt: Runtime, callback: Callable[[], object]) -> None:
+    """Take back ``callback`` from the idle waiters (a drain() that gave up), if still there."""
+    with contextlib.suppress(ValueError):
+        rt.idle_waiters.remove(callback)
 
 
 def is_idle(rt: Runtime) -> bool:

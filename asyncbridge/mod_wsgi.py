@@ -30,6 +30,7 @@ from typing import Any
 from ._api import default_bridge
 from ._bridge import SHUTDOWN_MARGIN, Bridge
 from ._errors import AsyncBridgeError
+from ._inputs import as_float, shown
 
 __all__ = [
     "APACHE_KILL_AFTER",
@@ -61,6 +62,7 @@ _REQUESTS_SHARE = 0.5
 # the drain closed admission would be refused ("closed").
 
 _QUIET = 0.1
+_TO_THE_MS = 1e12  # deadlines below this are rounded down to the millisecond (above: as given)
 # How long no request must have been running before the drain closes admission. mod_wsgi lists a
 # request in ``active_requests`` only once Python runs it, and a request thread that checked the
 # stop flag just before the stop accepts its connection all the same: its request shows up a
@@ -155,9 +157,9 @@ def _check_timeout(value: float | None) -> float:
         raise TypeError(
             f"shutdown_timeout must be a number of seconds, got {type(value).__qualname__}"
         )
-    seconds = float(value)
+    seconds = as_float(value)
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"shutdown_timeout must be a finite number >= 0, got {value!r}")
+        raise ValueError(f"shutdown_timeout must be a finite number >= 0, got {shown(value)}")
     return seconds
 
 
@@ -194,7 +196,9 @@ class _OnShutdown:
         reason = str(details.get("shutdown_reason", ""))
         deadline = exit_deadline(self.bridge.options.drain_timeout, self.shutdown_timeout, reason)
         waited = self._wait_for_requests(deadline * _REQUESTS_SHARE)
-        remaining = max(0.0, math.floor((deadline - waited) * 1000) / 1000)  # to the ms, down
+        remaining = max(0.0, deadline - waited)
+        if remaining < _TO_THE_MS:
+            remaining = math.floor(remaining * 1000) / 1000  # to the ms, down
         _logger.info(
             "asyncbridge: mod_wsgi is stopping this process (%s); draining for at most %.3gs",
             reason or event,

@@ -934,6 +934,40 @@ def test_drain_after_a_shutdown_that_gave_up_on_work_returns_false_at_once(
 @child(
     """
     from asyncbridge import Bridge
+    out = {}
+    for label, value in (("timed", 3), ("untimed", None)):
+        b = Bridge()
+        b.run_soon(forever())
+        got = {}
+        def handler(sig, frame, value=value, got=got, b=b):
+            t0 = time.monotonic()
+            got["idle"] = b.drain(value)
+            got["elapsed"] = time.monotonic() - t0
+        signal.signal(signal.SIGALRM, handler)
+        signal.setitimer(signal.ITIMER_REAL, 0.1)  # lands inside the shutdown below
+        t0 = time.monotonic()
+        report = b.shutdown(0.3, log=False)
+        out[label] = dict(got, shutdown_s=time.monotonic() - t0, abandoned=report.abandoned,
+                          cancelled=list(report.cancelled_names), final=report.final)
+    verdict(**out)
+    """,
+    timeout=30,
+)
+def test_drain_from_a_signal_handler_that_interrupted_shutdown_returns_at_once(
+    outcome: Outcome,
+) -> None:
+    # Waiting would wait for the shutdown the handler interrupted: drain(None) hung, and drain(3)
+    # held that shutdown 3 s past its deadline, so it abandoned what cancelling would have ended.
+    for label in ("timed", "untimed"):
+        v = outcome.verdict[label]
+        assert v["idle"] is False and v["elapsed"] < 0.1, (label, v)
+        assert v["shutdown_s"] < 1.3 and v["abandoned"] == 0, (label, v)
+        assert v["cancelled"] == ["forever"] and v["final"] is True, (label, v)
+
+
+@child(
+    """
+    from asyncbridge import Bridge
     b = Bridge()
     b.run(nap(0.01), timeout=5)  # started and idle
     idle = {str(t): sum(b.drain(t) for _ in range(100)) for t in (0, -1, 1e-9)}

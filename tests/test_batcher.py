@@ -63,6 +63,31 @@ def bridge() -> Iterator[Bridge]:
         yield b
 
 
+def test_items_added_while_a_drain_waits_are_flushed_for_it(bridge: Bridge) -> None:
+    # The batcher watches for max_delay (30 s) after its first flush; items added after drain()
+    # began waiting (here, for a lane job) must not wait for that timer.
+    lane = bridge.lane("one-at-a-time", max_concurrency=1)
+    flush = Recorder()
+    batcher = bridge.batcher(flush, max_size=1000, max_delay=30, lane=lane)
+    batcher.add("first")
+    assert bridge.drain(5) and flush.items == ["first"]  # and the timer is armed again
+    assert lane.run_soon(asyncio.sleep(0.3))
+
+    def later() -> None:
+        time.sleep(0.1)
+        for i in range(5):
+            batcher.add(i)
+
+    adder = threading.Thread(target=later)
+    adder.start()
+    started = time.monotonic()
+    assert bridge.drain(5) is True
+    elapsed = time.monotonic() - started
+    adder.join(5)
+    assert flush.items == ["first", 0, 1, 2, 3, 4]
+    assert elapsed < 2  # not the 5 s timeout, nor the 30 s timer
+
+
 def test_max_size_items_flush_at_once_and_the_rest_waits(bridge: Bridge) -> None:
     flush = Recorder()
     batcher = bridge.batcher(flush, max_size=10, max_delay=60)

@@ -597,6 +597,20 @@ def test_a_caller_blocked_for_room_when_shutdown_begins_is_dropped_as_closed() -
     assert bridge.stats().dropped == {"full": 0, "closed": 1}
 
 
+def test_drains_that_give_up_on_a_busy_bridge_leave_no_waiter_behind() -> None:
+    # A health check polling drain(0) on a bridge that never goes idle: each call's waiter is
+    # taken back, so memory does not grow with the calls.
+    with fresh_bridge() as bridge:
+        stop = asyncio.Event()
+        assert bridge.run_soon(stop.wait())
+        assert [bridge.drain(0) for _ in range(2000)] == [False] * 2000
+        assert bridge.drain(0.05) is False
+        bridge.run(asyncio.sleep(0), timeout=5)  # the loop has run every take-back by now
+        assert bridge._rt.idle_waiters == []
+        bridge.get_loop().call_soon_threadsafe(stop.set)
+        assert bridge.drain(5) is True
+
+
 def test_drain_returns_when_shutdown_gives_up_on_a_coroutine_that_ignores_cancellation() -> None:
     async def stubborn() -> None:
         for _ in range(40):

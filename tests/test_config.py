@@ -29,6 +29,12 @@ def test_defaults() -> None:
         ("on_full", "wait", ValueError, "on_full must be one of 'drop', 'raise', 'block'"),
         ("drain_timeout", -1, ValueError, "drain_timeout"),
         ("drain_timeout", float("nan"), ValueError, "drain_timeout"),
+        pytest.param(
+            "drain_timeout", 10**400, ValueError, "drain_timeout must be a finite", id="huge-int"
+        ),
+        pytest.param(
+            "task_timeout", 10**400, ValueError, "task_timeout must be a finite", id="huge-int2"
+        ),
         ("task_timeout", 0, ValueError, "task_timeout must be a finite number of seconds greater"),
         ("block_timeout", "1s", TypeError, "block_timeout must be a number of seconds"),
         ("loop_factory", "uvloop", TypeError, "loop_factory must be callable"),
@@ -46,6 +52,24 @@ def test_bad_values_name_the_option(
 ) -> None:
     with pytest.raises(error, match=match):
         Bridge(**{name: value})
+
+
+def test_an_int_too_big_for_a_float_is_refused_by_name_everywhere() -> None:
+    # Not OverflowError from float(): the same ValueError as any other infinite value.
+    import asyncbridge
+
+    async def flush(items: list[int]) -> None:
+        await asyncio.sleep(0)
+
+    with pytest.raises(ValueError, match="budget must be a finite number"):
+        asyncbridge.retrying(flush, [], budget=10**400).close()  # never reached
+    bridge = Bridge()
+    with pytest.raises(ValueError, match="max_delay must be a finite number"):
+        bridge.batcher(flush, max_delay=10**400)
+    with pytest.raises(ValueError, match="task_timeout must be a finite number"):
+        bridge.lane("huge", task_timeout=10**400)
+    with pytest.raises(ValueError, match=r"\(401 characters\)"):  # the message stays short
+        bridge.batcher(flush, max_delay=10**400)
 
 
 def test_environment_sets_every_kind_of_option(monkeypatch: pytest.MonkeyPatch) -> None:

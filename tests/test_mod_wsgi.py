@@ -232,6 +232,21 @@ def test_a_request_that_shows_up_just_after_the_stop_began_hands_its_work_over(
     assert _QUIET / 3 + 0.2 + _QUIET <= elapsed < 5
 
 
+def test_a_huge_drain_timeout_without_a_reaper_still_drains(fake: FakeModWsgi) -> None:
+    # shutdown-timeout 0 (no reaper) and a finite drain_timeout too big to round to the ms.
+    bridge = Bridge(drain_timeout=1e306)
+    try:
+        install(bridge, shutdown_timeout=0)
+        assert bridge.run_soon(asyncio.sleep(0.05))
+        fake.stop("maximum_requests")
+        report = bridge.shutdown()
+        assert report.clean and report.stats.completed == 1
+    finally:
+        bridge.shutdown(0)
+    with pytest.raises(ValueError, match=r"shutdown_timeout must be a finite number"):
+        install(Bridge(), shutdown_timeout=10**400)
+
+
 def test_the_wait_for_requests_is_bounded_by_half_the_deadline(
     fake: FakeModWsgi, bridge: Bridge, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -225,8 +225,8 @@ def test_demo_counts_every_hit_and_stops_cleanly_on_sigint(tmp_path: Path) -> No
     secret = _secret()
     server, hub_port, app_port = _start_demo(tmp_path, secret)
     try:
-        wait_http(f"http://127.0.0.1:{hub_port}/api/counts", 20, server.proc)
-        wait_http(f"http://127.0.0.1:{app_port}/stats", 30, server.proc)
+        wait_http(f"http://127.0.0.1:{hub_port}/api/counts", 20, server.proc, server.output)
+        wait_http(f"http://127.0.0.1:{app_port}/stats", 30, server.proc, server.output)
         # Nothing listens beyond loopback: 0100007F is 127.0.0.1 in /proc/net/tcp.
         assert _listening_addresses(hub_port) == {"0100007F"}
         assert _listening_addresses(app_port) == {"0100007F"}
@@ -282,8 +282,8 @@ def test_sigint_to_demo_runs_process_group_reaches_only_demo_run(tmp_path: Path)
 
 def _track(server: Server, hub_port: int, app_port: int, path: str, n: int) -> None:
     """Wait for the hub and the app, then track ``n`` hits of ``path``, each answered 202."""
-    wait_http(f"http://127.0.0.1:{hub_port}/api/counts", 20, server.proc)
-    wait_http(f"http://127.0.0.1:{app_port}/stats", 30, server.proc)
+    wait_http(f"http://127.0.0.1:{hub_port}/api/counts", 20, server.proc, server.output)
+    wait_http(f"http://127.0.0.1:{app_port}/stats", 30, server.proc, server.output)
     for _ in range(n):
         status, _ = _request(app_port, "POST", f"/track?path={path}")
         assert status == 202

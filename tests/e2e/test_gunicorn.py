@@ -66,14 +66,16 @@ class Load:
     ok: int = 0
     errors: int = 0
     latencies: list[float] = field(default_factory=list)
+    kinds: dict[str, int] = field(default_factory=dict)  # what each error was
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def one(self, url: str) -> None:
         started = time.monotonic()
+        kind = ""
         try:
             status, _ = http_get(url, timeout=10)
-        except OSError:
-            status = 0
+        except Exception as exc:  # not only OSError: http.client's own errors count too
+            status, kind = 0, type(exc).__name__
         elapsed = time.monotonic() - started
         with self.lock:
             if status == 200:
@@ -81,6 +83,8 @@ class Load:
                 self.latencies.append(elapsed)
             else:
                 self.errors += 1
+                kind = kind or f"HTTP {status}"
+                self.kinds[kind] = self.kinds.get(kind, 0) + 1
 
 
 def fire(url: str, n: int, concurrency: int = 4, load: Load | None = None) -> Load:
@@ -236,7 +240,7 @@ def _continuous_load(url: str, load: Load, stop_event: threading.Event, clients:
         t.start()
     stop_event.wait()
     for t in threads:
-        t.join(15)
+        t.join(40)  # a request may take three 10 s socket timeouts
 
 
 @pytest.mark.parametrize("hup", [False, True], ids=["recycle", "recycle-and-hup"])
@@ -263,7 +267,8 @@ def test_max_requests_recycling_under_load_then_sigterm_loses_nothing(
             assert wait_until(lambda: load.ok >= 350, 30), load.ok
         finally:
             done.set()
-            loader.join(20)
+            loader.join(45)
+        assert not loader.is_alive(), "a client was still waiting for its answer"
         out = stop(server)
         stats = worker_stats(stats_dir)
     assert_balanced(stats)
@@ -272,7 +277,7 @@ def test_max_requests_recycling_under_load_then_sigterm_loses_nothing(
     # Every worker that ever ran wrote its stats: recycled, reloaded and final ones.
     assert len(stats) == out.count("Booting worker with pid")
     accepted = total(stats, "accepted")
-    assert accepted == load.ok
+    assert accepted == load.ok, f"{load.errors} errors: {load.kinds}"
     assert total(stats, "completed") == accepted
     assert sink.received == accepted
     assert sink.duplicates() == 0
