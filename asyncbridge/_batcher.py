@@ -46,6 +46,7 @@ class BatchQueue(Generic[T]):
         "armed",
         "due",
         "flush",
+        "flushing",
         "items",
         "lane",
         "max_delay",
@@ -65,6 +66,7 @@ class BatchQueue(Generic[T]):
     ) -> None:
         self.lane = lane
         self.flush = flush
+        self.flushing = 0  # this queue's flushes running now
         self.max_size = max_size
         self.max_delay = max_delay
         self.name = name
@@ -87,11 +89,16 @@ class BatchQueue(Generic[T]):
 
     def _decide(self) -> bool:
         """When is what waits flushed: now (size, draining, or a drain() waiting; True), or after
-        ``max_delay``?"""
+        ``max_delay``?
+
+        A drain() waiting wants what waits sent now, but only one flush of this queue at a time:
+        items that come in while it flies go in the next one (see :func:`_flush`), not one flush
+        each, which a stream of items would keep up as long as the drain waits.
+        """
         if not self.items:
             return False
         rt = self.lane.runtime
-        if len(self.items) >= self.max_size or rt.closed or rt.idle_waiters:
+        if len(self.items) >= self.max_size or rt.closed or (rt.idle_waiters and not self.flushing):
             self.armed = self.due = True
             return True
         if not self.armed:
@@ -132,6 +139,7 @@ class BatchQueue(Generic[T]):
             batch = _scheduler.take_batch(self.lane, self.items, self.max_size)
             if not batch:
                 break
+            self.flushing += 1  # before the start: an eager task may end it at once
             _scheduler.start_batch(self.lane, self._flushing(batch), len(batch), self.name)
             started += 1
             if self.items:
@@ -145,7 +153,7 @@ class BatchQueue(Generic[T]):
 
     def _flushing(self, batch: list[T]) -> Coroutine[Any, Any, None]:
         """The flush of ``batch`` as one coroutine named after the flush function."""
-        coro = _flush(self.flush, batch)
+        coro = _flush(self, batch)
         cast(types.CoroutineType, coro).__qualname__ = self.name  # type: ignore[type-arg]
         return coro
 
@@ -162,10 +170,17 @@ class BatchQueue(Generic[T]):
         return taken
 
 
-async def _flush(flush: Callable[[list[T]], Awaitable[object]], batch: list[T]) -> None:
+async def _flush(queue: BatchQueue[T], batch: list[T]) -> None:
     # A wrapper, so that a flush function that raises before returning its awaitable (or returns
     # an awaitable that is not a coroutine) fails its items like any other.
-    await flush(batch)
+    try:
+        await queue.flush(batch)
+    finally:
+        queue.flushing -= 1
+        if queue.items and queue.lane.runtime.idle_waiters:
+            # What came in while this flew, for the drain() waiting: the end of this job (its
+            # slot freed, next) starts it.
+            queue.armed = queue.due = True
 
 
 _NOWHERE: BatchQueue[Any] = BatchQueue(NOT_STARTED, lambda items: asyncio.sleep(0), 1, 0.0, "")
@@ -274,8 +289,9 @@ class Batcher(Generic[T]):
             return False
         items.append(item)
         if not q.scheduled and (
-            not q.armed or ((len(items) >= q.max_size or rt.idle_waiters) and not q.due)
-        ):  # a drain() waiting wants it sent now, not after the timer
+            not q.armed
+            or ((len(items) >= q.max_size or (rt.idle_waiters and not q.flushing)) and not q.due)
+        ):  # a drain() waiting wants it sent now, not after the timer (see _decide)
             q.scheduled = True
             try:
                 rt.loop.call_soon_threadsafe(q.pull)  # type: ignore[union-attr]

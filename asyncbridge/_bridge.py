@@ -467,10 +467,10 @@ class Bridge:
         while not rt.finished:
             idle = threading.Event()
             try:
-                rt.loop.call_soon_threadsafe(when_idle, rt, idle.set)
-            except RuntimeError:  # the loop is closed
-                break
-            try:
+                try:
+                    rt.loop.call_soon_threadsafe(when_idle, rt, idle.set)
+                except RuntimeError:  # the loop is closed
+                    break
                 # In slices: a loop that stops (at the end of a shutdown, or as its thread dies)
                 # after taking the callback drops it with the loop, and never calls it.
                 while not idle.wait(_DRAIN_SLICE if deadline is None else _slice(deadline)):

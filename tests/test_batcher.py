@@ -88,6 +88,50 @@ def test_items_added_while_a_drain_waits_are_flushed_for_it(bridge: Bridge) -> N
     assert elapsed < 2  # not the 5 s timeout, nor the 30 s timer
 
 
+def test_a_drain_waiting_on_a_busy_bridge_does_not_flush_item_by_item(bridge: Bridge) -> None:
+    # While a drain waits, what waits is sent now, one flush of the queue at a time: items that
+    # come in while it flies go in the next one. (A flush each made 1.5 items a flush.)
+    flying = [0, 0]  # now, most at once
+    sizes: list[int] = []
+
+    async def flush(items: list[int]) -> None:
+        flying[0] += 1
+        flying[1] = max(flying)
+        await asyncio.sleep(0.02)
+        sizes.append(len(items))
+        flying[0] -= 1
+
+    batcher = bridge.batcher(flush, max_size=100, max_delay=0.05)
+    release = threading.Event()
+
+    async def busy() -> None:
+        while not release.is_set():  # noqa: ASYNC110 (a threading.Event, set by this thread)
+            await asyncio.sleep(0.005)
+
+    assert bridge.run_soon(busy())
+    drained: list[bool] = []
+    drainer = threading.Thread(target=lambda: drained.append(bridge.drain(20)))
+    drainer.start()
+    time.sleep(0.05)  # the drain waits
+
+    def add(base: int) -> None:
+        for i in range(300):
+            assert batcher.add(base + i)
+            time.sleep(0.0005)
+
+    adders = [threading.Thread(target=add, args=(k * 1000,)) for k in range(2)]
+    for t in adders:
+        t.start()
+    for t in adders:
+        t.join(20)
+    release.set()
+    drainer.join(20)
+    assert drained == [True]
+    assert sum(sizes) == 600 and bridge.stats().completed == 601
+    assert flying[1] == 1
+    assert len(sizes) <= 600 / 4, sizes  # about what gathers in 20 ms, not one or two
+
+
 def test_max_size_items_flush_at_once_and_the_rest_waits(bridge: Bridge) -> None:
     flush = Recorder()
     batcher = bridge.batcher(flush, max_size=10, max_delay=60)
