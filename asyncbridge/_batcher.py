@@ -140,7 +140,8 @@ class BatchQueue(Generic[T]):
             if not batch:
                 break
             self.flushing += 1  # before the start: an eager task may end it at once
-            _scheduler.start_batch(self.lane, self._flushing(batch), len(batch), self.name)
+            coro = self._flushing(batch)
+            _scheduler.start_batch(self.lane, coro, len(batch), self.name, self._ended)
             started += 1
             if self.items:
                 self._decide()  # a full batch more is due now (this loop takes it), or later
@@ -151,9 +152,17 @@ class BatchQueue(Generic[T]):
                 self._arm()
         return started
 
+    def _ended(self) -> None:
+        """One of this queue's flushes ended (the scheduler calls it before freeing its slot)."""
+        self.flushing -= 1
+        if self.items and self.lane.runtime.idle_waiters:
+            # What came in while it flew, for the drain() waiting: the slot it frees next
+            # starts it.
+            self.armed = self.due = True
+
     def _flushing(self, batch: list[T]) -> Coroutine[Any, Any, None]:
         """The flush of ``batch`` as one coroutine named after the flush function."""
-        coro = _flush(self, batch)
+        coro = _flush(self.flush, batch)
         cast(types.CoroutineType, coro).__qualname__ = self.name  # type: ignore[type-arg]
         return coro
 
@@ -170,17 +179,10 @@ class BatchQueue(Generic[T]):
         return taken
 
 
-async def _flush(queue: BatchQueue[T], batch: list[T]) -> None:
+async def _flush(flush: Callable[[list[T]], Awaitable[object]], batch: list[T]) -> None:
     # A wrapper, so that a flush function that raises before returning its awaitable (or returns
     # an awaitable that is not a coroutine) fails its items like any other.
-    try:
-        await queue.flush(batch)
-    finally:
-        queue.flushing -= 1
-        if queue.items and queue.lane.runtime.idle_waiters:
-            # What came in while this flew, for the drain() waiting: the end of this job (its
-            # slot freed, next) starts it.
-            queue.armed = queue.due = True
+    await flush(batch)
 
 
 _NOWHERE: BatchQueue[Any] = BatchQueue(NOT_STARTED, lambda items: asyncio.sleep(0), 1, 0.0, "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import sys
 import threading
 import time
@@ -672,19 +673,67 @@ def take_batch(lane: LaneState, items: Any, size: int) -> list[Any]:
     return batch
 
 
-def start_batch(lane: LaneState, coro: Coroutine[Any, Any, Any], units: int, name: str) -> None:
-    """Run a flush of ``units`` items (taken by :func:`take_batch`) as one of the lane's jobs."""
+def start_batch(
+    lane: LaneState,
+    coro: Coroutine[Any, Any, Any],
+    units: int,
+    name: str,
+    ended: Callable[[], object] | None = None,
+) -> None:
+    """Run a flush of ``units`` items (taken by :func:`take_batch`) as one of the lane's jobs.
+
+    ``ended`` is called once when it ends, however it ends, before its slot is given back.
+    """
     rt = lane.runtime
     loop = rt.loop
     assert loop is not None
     slot: list[asyncio.Task[Any]] = []
-    task = loop.create_task(_batch_job(lane, coro, units, name, lane.options.task_timeout, slot))
+    ran: list[bool] = []
+    job = _batch_job(lane, coro, units, name, lane.options.task_timeout, slot, ran, ended)
+    # As in a pass (start_waiting): a flush that an eager task factory runs to its end in here
+    # queues the next pass when its slot comes free, instead of starting the next flush inside
+    # its own first step (a drain waiting made that one level deeper per batch).
+    passing, lane.passing = lane.passing, True
+    try:
+        task = loop.create_task(job)
+    finally:
+        lane.passing = passing
     if task.done():  # an eager task factory ran it to its end already
         return
     slot.append(task)
     rt.tasks[task] = coro
     if lane is not rt:
         rt.lane_of[task] = lane
+    task.add_done_callback(functools.partial(_unstarted_flush, lane, coro, units, name, ran, ended))
+
+
+def _unstarted_flush(
+    lane: LaneState,
+    coro: Coroutine[Any, Any, Any],
+    units: int,
+    name: str,
+    ran: list[bool],
+    ended: Callable[[], object] | None,
+    task: asyncio.Task[Any],
+) -> None:
+    """A flush's task ended: if it was cancelled before its first step, count its items.
+
+    Its job never ran (a task cancelled before it first runs never enters its coroutine), so
+    nothing else counts them, frees the slot or closes the flush's coroutine.
+    """
+    if ran:
+        return  # the job counted itself
+    rt = lane.runtime
+    close_quietly(coro)
+    rt.tasks.pop(task, None)
+    if lane is not rt:
+        rt.lane_of.pop(task, None)
+    if ended is not None:
+        ended()
+    _count(lane, "cancelled", units)
+    if rt.closed:
+        rt.cancelled_names.extend([name] * units)
+    _slot_freed(lane)
 
 
 async def _batch_job(
@@ -694,8 +743,11 @@ async def _batch_job(
     name: str,
     limit: float | None,
     slot: list[asyncio.Task[Any]],
+    ran: list[bool],
+    ended: Callable[[], object] | None,
 ) -> None:
     """A flush, counting its outcome for each of its ``units`` items; see :func:`_job`."""
+    ran.append(True)
     rt = lane.runtime
     task = slot[0] if slot else _register_self(lane, coro)
     handle = None
@@ -715,6 +767,8 @@ async def _batch_job(
     del rt.tasks[task]
     if lane is not rt:
         del rt.lane_of[task]
+    if ended is not None:
+        ended()
     _count(lane, outcome, units)
     if outcome == "cancelled" and rt.closed:
         rt.cancelled_names.extend([name] * units)

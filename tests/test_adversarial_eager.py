@@ -795,6 +795,56 @@ def test_with_an_eager_task_factory_a_flush_ending_at_once_is_counted(outcome: O
     assert v["report"]["abandoned"] == 0, v
 
 
+@pytest.mark.skipif(not EAGER, reason="asyncio.eager_task_factory is Python 3.12+")
+@case(
+    """
+    from asyncbridge import Bridge
+    b = Bridge()
+    loop = b.get_loop()
+    loop.call_soon_threadsafe(loop.set_task_factory, asyncio.eager_task_factory)
+    deadline = time.monotonic() + 5
+    while loop.get_task_factory() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    flushed = []
+
+    async def flush(items):
+        flushed.append(len(items))  # ends in its first step
+
+    batcher = b.batcher(flush, max_size=1, max_delay=30)
+    go = threading.Event()
+
+    async def producer():
+        while not go.is_set():
+            await asyncio.sleep(0.005)
+        for i in range(400):
+            batcher.add(i)
+        await asyncio.sleep(0.2)
+
+    b.run_soon(producer())
+    got = []
+    drainer = threading.Thread(target=lambda: got.append(b.drain(10)))
+    drainer.start()
+    time.sleep(0.1)  # the drain waits, for the producer
+    go.set()
+    drainer.join(15)
+    s = b.stats()
+    q = batcher._q
+    verdict(idle=got, flushed=sum(flushed), counts=counts(s), flushing=q.flushing,
+            busy=q.lane.busy, recursion=logs_contain("RecursionError"))
+    """
+)
+def test_eager_flushes_while_a_drain_waits_start_one_after_another_without_recursing(
+    outcome: Outcome,
+) -> None:
+    # Each flush that ended in its first step started the next inside it (a drain waiting
+    # makes the rest due): one level per batch, until RecursionError left items running.
+    v = outcome.verdict
+    c = v["counts"]
+    assert v["idle"] == [True] and v["flushed"] == 400, v
+    assert (c["accepted"], c["completed"], c["running"]) == (401, 401, 0), c
+    assert (v["flushing"], v["busy"], v["recursion"]) == (0, 0, False), v
+
+
 # ---------------------------------------------------------------------------------------------
 # Logs: qualnames only, from failures in first steps
 # ---------------------------------------------------------------------------------------------

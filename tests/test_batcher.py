@@ -132,6 +132,36 @@ def test_a_drain_waiting_on_a_busy_bridge_does_not_flush_item_by_item(bridge: Br
     assert len(sizes) <= 600 / 4, sizes  # about what gathers in 20 ms, not one or two
 
 
+def test_a_flush_cancelled_before_its_first_step_counts_its_items_cancelled(
+    bridge: Bridge,
+) -> None:
+    # Code that cancels tasks on the loop (or shutdown's cleanup) can cancel a flush's task
+    # before it first runs: its job never starts, and nothing else counted its items.
+    async def flush(items: list[int]) -> None:
+        await asyncio.sleep(0)
+
+    batcher = bridge.batcher(flush, max_size=2, max_delay=30)
+
+    async def job() -> None:
+        loop = asyncio.get_running_loop()
+        batcher.add(1)
+        batcher.add(2)  # the size kick: a flush starts in the next loop turn
+
+        def cancel_flushes() -> None:
+            for task in asyncio.all_tasks(loop):
+                if "_batch_job" in repr(task.get_coro()):
+                    task.cancel()
+
+        loop.call_soon(cancel_flushes)
+        await asyncio.sleep(0.05)
+
+    bridge.run(job(), timeout=5)
+    s = bridge.stats()
+    assert (s.accepted, s.completed, s.cancelled, s.running) == (3, 1, 2, 0)
+    assert bridge.drain(1) is True
+    assert batcher._q.flushing == 0 and bridge._rt.tasks == {}
+
+
 def test_max_size_items_flush_at_once_and_the_rest_waits(bridge: Bridge) -> None:
     flush = Recorder()
     batcher = bridge.batcher(flush, max_size=10, max_delay=60)
