@@ -41,6 +41,15 @@ def park(b):
     assert entered.wait(5)
     return release
 
+def eager_loop(b):
+    """Give ``b``'s loop asyncio's eager task factory (3.12+); return the loop."""
+    loop = b.get_loop()
+    loop.call_soon_threadsafe(loop.set_task_factory, asyncio.eager_task_factory)
+    deadline = time.monotonic() + 5
+    while loop.get_task_factory() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return loop
+
 EAGER = sys.version_info >= (3, 12)
 '''
 
@@ -740,10 +749,7 @@ def test_a_child_forked_after_eager_jobs_counts_only_its_own(outcome: Outcome) -
     b = Bridge(max_pending=5000)
     loop = b.get_loop()
     lane = b.lane("side")
-    loop.call_soon_threadsafe(loop.set_task_factory, asyncio.eager_task_factory)
-    deadline = time.monotonic() + 5
-    while loop.get_task_factory() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    eager_loop(b)
     for _ in range(100):
         b.run_soon(quick())
         lane.run_soon(quick())
@@ -767,11 +773,7 @@ def test_with_an_eager_task_factory_ended_jobs_leave_no_task_registered(outcome:
     """
     from asyncbridge import Bridge
     b = Bridge(max_pending=5000)
-    loop = b.get_loop()
-    loop.call_soon_threadsafe(loop.set_task_factory, asyncio.eager_task_factory)
-    deadline = time.monotonic() + 5
-    while loop.get_task_factory() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    loop = eager_loop(b)
     flushed = []
 
     async def flush(items):
@@ -800,11 +802,7 @@ def test_with_an_eager_task_factory_a_flush_ending_at_once_is_counted(outcome: O
     """
     from asyncbridge import Bridge
     b = Bridge()
-    loop = b.get_loop()
-    loop.call_soon_threadsafe(loop.set_task_factory, asyncio.eager_task_factory)
-    deadline = time.monotonic() + 5
-    while loop.get_task_factory() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    loop = eager_loop(b)
     flushed = []
 
     async def flush(items):
