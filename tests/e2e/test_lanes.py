@@ -232,6 +232,9 @@ def sinks() -> Iterator[tuple[LatencySink, BrokenSink]]:
         healthy.stop()
 
 
+BUDGET = 10.0  # the broken lane's retry budget in the next test
+
+
 def test_one_destination_down_leaves_the_healthy_lane_alone(
     tmp_path: Path, sinks: tuple[LatencySink, BrokenSink]
 ) -> None:
@@ -244,7 +247,10 @@ def test_one_destination_down_leaves_the_healthy_lane_alone(
             "LANES_HEALTHY": healthy.url,
             "LANES_BROKEN": broken.url,
             "LANES_ATTEMPTS": "3",
-            "LANES_BUDGET": "5",
+            # 240 hung tries of 1 s against 32 slots queue for them: a try can wait seconds
+            # for its slot, and one that gets it past the budget does not start (seen once with
+            # 5 s: 239 retries of 240).
+            "LANES_BUDGET": str(BUDGET),
             "LANES_TRY_TIMEOUT": "1.0",
             "ASYNCBRIDGE_LOG_INTERVAL": "2",
             "ASYNCBRIDGE_DRAIN_TIMEOUT": "8",
@@ -275,7 +281,7 @@ def test_one_destination_down_leaves_the_healthy_lane_alone(
     assert statistics.quantiles(arrival, n=100)[98] < 1.0, arrival[-10:]
     assert statistics.median(latencies) < 0.5
     # The broken lane: every notification tried 3 times (a 503 with Retry-After first, then
-    # hanging tries cut at 1 s), inside its 5 s budget, then counted as failed.
+    # hanging tries cut at 1 s), inside its budget, then counted as failed.
     accepted = total("broken", "accepted")
     assert accepted == n
     assert total("broken", "failed") == accepted
@@ -284,7 +290,7 @@ def test_one_destination_down_leaves_the_healthy_lane_alone(
     assert broken.requests == 3 * accepted
     assert broken.answered_503 >= 1 and broken.hung >= 1
     spans = [max(ts) - min(ts) for ts in broken.arrivals.values()]
-    assert len(spans) == n and max(spans) < 5.0
+    assert len(spans) == n and max(spans) < BUDGET
     # The retries are counted in the totals too.
     assert sum(s["retries"] for s in stats) == 2 * accepted
     # The logs: at most one traceback per worker and exception type, and a summary line per
