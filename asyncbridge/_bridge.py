@@ -33,7 +33,7 @@ from ._log import close_quietly as _close_quietly
 from ._log import logger
 from ._runtime import NOT_STARTED, Runtime, orphan
 from ._scheduler import LOOP_THREAD, pull, run_loop, sweep, when_idle
-from ._shutdown import SHUTDOWN_MARGIN, drain_runtime
+from ._shutdown import SHUTDOWN_MARGIN, drain_runtime, wait_in_slices
 from ._stats import ShutdownReport, Stats
 
 __all__ = ["SHUTDOWN_MARGIN", "Bridge"]
@@ -57,13 +57,6 @@ _BRIDGES: weakref.WeakSet[Bridge] = weakref.WeakSet()
 # The longest drain deadline honoured: far beyond any real deadline, and small enough that the
 # deadline plus the shutdown margin still fits every wait primitive.
 _MAX_DEADLINE = MAX_WAIT / 4
-
-# drain() waits in slices this long, to notice a loop that went away without calling back.
-_DRAIN_SLICE = 0.05
-
-
-def _slice(deadline: float) -> float:
-    return min(_DRAIN_SLICE, max(0.0, deadline - time.monotonic()))
 
 
 def _interim(rt: Runtime, started: float, deadline_s: float) -> ShutdownReport:
@@ -471,11 +464,10 @@ class Bridge:
                     rt.loop.call_soon_threadsafe(when_idle, rt, idle.set)
                 except RuntimeError:  # the loop is closed
                     break
-                # In slices: a loop that stops (at the end of a shutdown, or as its thread dies)
-                # after taking the callback drops it with the loop, and never calls it.
-                while not idle.wait(_DRAIN_SLICE if deadline is None else _slice(deadline)):
-                    if rt.finished or (deadline is not None and time.monotonic() >= deadline):
-                        return _scheduler.is_idle(rt)
+                # A loop that stops (at the end of a shutdown, or as its thread dies) after
+                # taking the callback drops it with the loop, and never calls it.
+                if not wait_in_slices(idle, deadline, lambda: rt.finished):
+                    return _scheduler.is_idle(rt)
             finally:
                 if not idle.is_set():  # gave up (or interrupted): take the waiter back
                     with contextlib.suppress(RuntimeError):

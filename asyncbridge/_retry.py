@@ -199,10 +199,11 @@ async def _retrying(
         if asked is not None:
             wait += asked
         wake = _monotonic() + wait
-        if wake > started + budget or not await _rest(lane, rt, wake, took):
-            raise last
-        if _monotonic() > started + budget:
-            # the timer woke late, or the slot came back late: the budget is spent all the same
+        if (
+            wake > started + budget
+            or not await _rest(lane, rt, wake, took)
+            or _monotonic() > started + budget  # the timer, or the slot, came back late
+        ):
             raise last
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 
 from ._inputs import coroutine_name
 from ._log import logger
@@ -13,7 +13,7 @@ from ._runtime import ORPHANS, Runtime
 from ._scheduler import cancel_unstarted, sweep, when_idle
 from ._stats import ShutdownReport
 
-__all__ = ["SHUTDOWN_MARGIN", "drain_runtime"]
+__all__ = ["SHUTDOWN_MARGIN", "drain_runtime", "wait_in_slices"]
 
 # How long shutdown may run past its drain deadline: cancelled tasks get half of it to unwind,
 # async generators, close callbacks and the default executor share the rest, then the join.
@@ -34,12 +34,14 @@ def drain_runtime(rt: Runtime, started: float, deadline_s: float) -> ShutdownRep
     else:
         try:
             loop.call_soon_threadsafe(when_idle, rt, idle.set)
-            _wait(idle, deadline, rt, thread)
+            wait_in_slices(idle, deadline, lambda: rt.dead or not thread.is_alive())
             budget = SHUTDOWN_MARGIN * 0.8
             loop.call_soon_threadsafe(_begin_cleanup, rt, cleaned, budget)
         except RuntimeError:  # the loop is already closed (its thread died)
             cleaned.set()
-    _wait(cleaned, deadline + SHUTDOWN_MARGIN * 0.9, rt, thread)
+    wait_in_slices(
+        cleaned, deadline + SHUTDOWN_MARGIN * 0.9, lambda: rt.dead or not thread.is_alive()
+    )
     thread.join(max(0.0, deadline + SHUTDOWN_MARGIN - time.monotonic()))
     rt.finished = True
     sweep(rt)
@@ -60,11 +62,21 @@ def drain_runtime(rt: Runtime, started: float, deadline_s: float) -> ShutdownRep
     )
 
 
-def _wait(event: threading.Event, until: float, rt: Runtime, thread: threading.Thread) -> None:
-    """Wait for ``event`` until ``until``, in slices: stop as soon as the loop thread dies."""
-    while not event.wait(min(0.1, max(0.0, until - time.monotonic()))):
-        if time.monotonic() >= until or rt.dead or not thread.is_alive():
-            return
+def wait_in_slices(
+    event: threading.Event, until: float | None, gone: Callable[[], bool], every: float = 0.05
+) -> bool:
+    """Wait for ``event`` until the monotonic time ``until`` (None: no limit), in slices.
+
+    Stops early once ``gone()``: the loop that was to set the event stopped or died without
+    doing so (a loop that stops drops the callbacks still queued in it). Returns whether the
+    event is set.
+    """
+    while not event.wait(
+        every if until is None else min(every, max(0.0, until - time.monotonic()))
+    ):
+        if gone() or (until is not None and time.monotonic() >= until):
+            return False
+    return True
 
 
 def _begin_cleanup(rt: Runtime, cleaned: threading.Event, budget: float) -> None:

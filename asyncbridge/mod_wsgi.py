@@ -62,7 +62,6 @@ _REQUESTS_SHARE = 0.5
 # the drain closed admission would be refused ("closed").
 
 _QUIET = 0.1
-_TO_THE_MS = 1e12  # deadlines below this are rounded down to the millisecond (above: as given)
 # How long no request must have been running before the drain closes admission. mod_wsgi lists a
 # request in ``active_requests`` only once Python runs it, and a request thread that checked the
 # stop flag just before the stop accepts its connection all the same: its request shows up a
@@ -195,10 +194,9 @@ class _OnShutdown:
             return  # never used in this process (or a copy inherited through fork)
         reason = str(details.get("shutdown_reason", ""))
         deadline = exit_deadline(self.bridge.options.drain_timeout, self.shutdown_timeout, reason)
-        waited = self._wait_for_requests(deadline * _REQUESTS_SHARE)
+        # The wait counted up to the ms, so that the deadline logged reads 9.89s, not 9.88734s.
+        waited = math.ceil(self._wait_for_requests(deadline * _REQUESTS_SHARE) * 1000) / 1000
         remaining = max(0.0, deadline - waited)
-        if remaining < _TO_THE_MS:
-            remaining = math.floor(remaining * 1000) / 1000  # to the ms, down
         _logger.info(
             "asyncbridge: mod_wsgi is stopping this process (%s); draining for at most %.3gs",
             reason or event,
