@@ -75,7 +75,7 @@ def wait_in_slices(
         every if until is None else min(every, max(0.0, until - time.monotonic()))
     ):
         if gone() or (until is not None and time.monotonic() >= until):
-            return False
+            return event.is_set()
     return True
 
 

@@ -194,7 +194,8 @@ class _OnShutdown:
             return  # never used in this process (or a copy inherited through fork)
         reason = str(details.get("shutdown_reason", ""))
         deadline = exit_deadline(self.bridge.options.drain_timeout, self.shutdown_timeout, reason)
-        # The wait counted up to the ms, so that the deadline logged reads 9.89s, not 9.88734s.
+        # The wait counted up to the ms: with drain_timeout 10 the report's deadline reads 9.89s,
+        # not 9.88734s (and the drain is never longer for it).
         waited = math.ceil(self._wait_for_requests(deadline * _REQUESTS_SHARE) * 1000) / 1000
         remaining = max(0.0, deadline - waited)
         _logger.info(
